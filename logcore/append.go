@@ -1,0 +1,378 @@
+package logcore
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"time"
+)
+
+// Append appends one record and returns its offset. rec.Offset is ignored;
+// a zero rec.Time is stamped with Config.Now. With SyncAlways the record is
+// durable when Append returns nil. An error wrapping ErrFailed leaves the
+// outcome indefinite; any other error means nothing was appended.
+func (l *Log) Append(rec Record) (uint64, error) {
+	one := [1]Record{rec}
+	return l.AppendBatch(one[:])
+}
+
+// AppendBatch appends records in order with consecutive offsets and returns
+// the first one's offset. It is acknowledged as a whole: with SyncAlways all
+// are durable when it returns nil (one fsync for the batch). After a crash
+// before it returned, a prefix of the batch may survive. The records' Offset
+// fields are ignored and the slice is not modified.
+func (l *Log) AppendBatch(recs []Record) (uint64, error) {
+	if len(recs) == 0 {
+		return 0, fmt.Errorf("logcore: empty batch")
+	}
+	for i := range recs {
+		if size := int64(FrameSize(&recs[i])); size > l.cfg.MaxSegmentBytes || size-frameHeaderSize > MaxRecordBytes {
+			return 0, fmt.Errorf("%w: record %d frame of %d bytes exceeds segment size %d", ErrRecordTooLarge, i, size, l.cfg.MaxSegmentBytes)
+		}
+	}
+	l.mu.Lock()
+	if err := l.writableLocked(); err != nil {
+		l.mu.Unlock()
+		return 0, err
+	}
+	if l.next+uint64(len(recs)) > maxOffset {
+		l.mu.Unlock()
+		return 0, fmt.Errorf("logcore: offset space exhausted")
+	}
+	first, gen := l.next, l.gen
+	var now int64
+	for i := range recs {
+		r := recs[i]
+		r.Offset = l.next
+		if r.Time == 0 {
+			if now == 0 {
+				now = l.cfg.Now().UnixNano()
+			}
+			r.Time = now
+		}
+		if err := l.writeLocked(&r); err != nil {
+			l.mu.Unlock()
+			return 0, err
+		}
+	}
+	end := l.next
+	if l.cfg.Sync != SyncAlways {
+		l.publish(&l.visible, end)
+	}
+	l.mu.Unlock()
+	if l.cfg.Sync == SyncAlways {
+		if err := l.syncTo(end, gen); err != nil {
+			return 0, err
+		}
+	}
+	return first, nil
+}
+
+// writableLocked reports why the log cannot take appends, if it cannot.
+func (l *Log) writableLocked() error {
+	if l.closed {
+		return ErrClosed
+	}
+	return l.failed
+}
+
+// failLocked records a write-path I/O error: the log takes no more appends.
+func (l *Log) failLocked(err error) error {
+	if l.failed == nil {
+		l.failed = fmt.Errorf("%w: %w", ErrFailed, err)
+		l.logger.Error("logcore: log failed; refusing appends until reopened", "dir", l.dir, "err", err)
+	}
+	return l.failed
+}
+
+// writeLocked buffers one record (offset and time set) in the active
+// segment, rolling to a new segment first if it would not fit.
+func (l *Log) writeLocked(r *Record) error {
+	s := l.active
+	size := int64(FrameSize(r))
+	if s.count > 0 && (s.size+size > l.cfg.MaxSegmentBytes || s.count >= s.idx.capacity()) {
+		if err := l.rollLocked(); err != nil {
+			return err
+		}
+		s = l.active
+	}
+	pos := s.size
+	s.buf = AppendFrame(s.buf, r)
+	s.idx.put(s.count, uint64(pos))
+	s.size += size
+	if e, ok := s.tt.add(r.Time, s.count, s.size); ok {
+		s.pendTimes = appendTimeEntry(s.pendTimes, e)
+		s.times = append(s.times, e)
+	}
+	s.count++
+	l.next++
+	if len(s.buf) >= l.cfg.WriteBufferBytes {
+		return l.flushLocked()
+	}
+	return nil
+}
+
+// flushLocked writes the active segment's buffered frames and time index
+// entries to its files.
+func (l *Log) flushLocked() error {
+	s := l.active
+	if len(s.buf) > 0 {
+		n, err := s.store.Write(s.buf)
+		if err != nil || n != len(s.buf) {
+			if err == nil {
+				err = fmt.Errorf("short write: %d of %d bytes", n, len(s.buf))
+			}
+			return l.failLocked(fmt.Errorf("write %s: %w", s.path(storeExt), err))
+		}
+		s.buf = s.buf[:0]
+		s.flushed.Store(s.size)
+	}
+	if len(s.pendTimes) > 0 {
+		if _, err := s.timeFile.WriteAt(s.pendTimes, s.timeOnFile); err != nil {
+			return l.failLocked(fmt.Errorf("write %s: %w", s.path(timeIndexExt), err))
+		}
+		s.timeOnFile += int64(len(s.pendTimes))
+		s.pendTimes = s.pendTimes[:0]
+	}
+	l.flushedNext.Store(l.next)
+	return nil
+}
+
+// syncTo makes every record below end durable, sharing the fsync with
+// concurrent callers: the first to take syncMu flushes and fsyncs all that
+// was appended by then; those queued behind it usually find their records
+// already durable.
+//
+// gen is l.gen when the records were appended: if a TruncateFrom ran since,
+// they may be gone and the caller gets ErrTruncated.
+func (l *Log) syncTo(end, gen uint64) error {
+	if l.durable.Load() >= end && l.genNow.Load() == gen {
+		return nil
+	}
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.genNow.Load() != gen {
+		return ErrTruncated
+	}
+	if l.durable.Load() >= end {
+		return nil
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	if l.failed != nil {
+		l.mu.Unlock()
+		return l.failed
+	}
+	if err := l.flushLocked(); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	s, target := l.active, l.next
+	// Keep the file open while syncing without the writer lock; appends
+	// go on into the buffer meanwhile. Only Close and TruncateFrom close
+	// the active segment, and both hold syncMu.
+	l.mu.Unlock()
+	err := l.syncFile(s.store)
+	if err != nil {
+		l.mu.Lock()
+		err = l.failLocked(fmt.Errorf("fsync %s: %w", s.path(storeExt), err))
+		l.mu.Unlock()
+		return err
+	}
+	l.publish(&l.durable, target)
+	if l.cfg.Sync == SyncAlways {
+		l.publish(&l.visible, target)
+	}
+	return nil
+}
+
+// syncFile fsyncs a store and reports it to Config.OnSync.
+func (l *Log) syncFile(f File) error {
+	start := time.Now()
+	err := f.Sync()
+	l.stats.syncs.Add(1)
+	if l.cfg.OnSync != nil {
+		l.cfg.OnSync(time.Since(start), err)
+	}
+	return err
+}
+
+// publish raises a published position to v (never lowers it) and wakes
+// readers waiting for new records if it is the visible one.
+func (l *Log) publish(p interface {
+	Load() uint64
+	CompareAndSwap(old, new uint64) bool
+}, v uint64) {
+	for {
+		cur := p.Load()
+		if cur >= v {
+			return
+		}
+		if p.CompareAndSwap(cur, v) {
+			break
+		}
+	}
+	if p == &l.visible && l.waiters.Load() > 0 {
+		l.notifyMu.Lock()
+		close(l.notifyCh)
+		l.notifyCh = make(chan struct{})
+		l.notifyMu.Unlock()
+	}
+}
+
+// rollLocked seals the active segment and starts a new one at l.next. The
+// sealed segment is flushed and fsynced (store, index cut to its length,
+// time index) before the new segment's files exist, so after a crash every
+// segment but the last is complete, whatever the sync policy.
+func (l *Log) rollLocked() error {
+	s := l.active
+	if err := l.flushLocked(); err != nil {
+		return err
+	}
+	if err := l.sealFilesLocked(s); err != nil {
+		return l.failLocked(err)
+	}
+	l.publish(&l.durable, l.next)
+	if l.cfg.Sync == SyncAlways {
+		l.publish(&l.visible, l.next)
+	}
+	ns, err := l.createSegment(l.next)
+	if err != nil {
+		return l.failLocked(err)
+	}
+	s.storeBytes.Store(s.size)
+	s.maxTime.Store(s.tt.max)
+	s.buf = nil
+	s.sealed.Store(true)
+	l.segsMu.Lock()
+	l.segs = append(l.segs, ns)
+	l.segsMu.Unlock()
+	l.active = ns
+	l.cacheAdd(s)
+	l.stats.rolls.Add(1)
+	return nil
+}
+
+// sealFilesLocked makes a segment's files final: store fsynced, the sealing
+// time index entry written and fsynced, the index cut to its length and
+// fsynced. The files stay open.
+func (l *Log) sealFilesLocked(s *segment) error {
+	if err := l.syncFile(s.store); err != nil {
+		return fmt.Errorf("fsync %s: %w", s.path(storeExt), err)
+	}
+	if e, ok := s.tt.final(s.count, s.size); ok {
+		s.times = append(s.times, e)
+		if _, err := s.timeFile.WriteAt(appendTimeEntry(nil, e), s.timeOnFile); err != nil {
+			return fmt.Errorf("write %s: %w", s.path(timeIndexExt), err)
+		}
+		s.timeOnFile += timeEntryWidth
+	}
+	if err := s.timeFile.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", s.path(timeIndexExt), err)
+	}
+	if err := s.idx.cut(s.count); err != nil {
+		return fmt.Errorf("cut %s: %w", s.path(indexExt), err)
+	}
+	return nil
+}
+
+// createSegment creates the files of a new, empty active segment and makes
+// them durable in the directory.
+func (l *Log) createSegment(base uint64) (*segment, error) {
+	s := &segment{dir: l.dir, base: base, tt: newTimeTracker()}
+	s.storeBytes.Store(-1)
+	s.maxTime.Store(math.MinInt64)
+	var err error
+	cleanup := func() {
+		s.closeFiles()
+		l.fs.Remove(s.path(storeExt))
+		l.fs.Remove(s.path(indexExt))
+		l.fs.Remove(s.path(timeIndexExt))
+	}
+	if s.store, err = l.fs.OpenFile(s.path(storeExt), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
+		return nil, fmt.Errorf("create %s: %w", s.path(storeExt), err)
+	}
+	idxFile, err := l.fs.OpenFile(s.path(indexExt), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("create %s: %w", s.path(indexExt), err)
+	}
+	if s.idx, err = openIndexFile(idxFile, l.cfg.MaxIndexBytes); err != nil {
+		idxFile.Close()
+		cleanup()
+		return nil, fmt.Errorf("map %s: %w", s.path(indexExt), err)
+	}
+	if s.timeFile, err = l.fs.OpenFile(s.path(timeIndexExt), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("create %s: %w", s.path(timeIndexExt), err)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("fsync dir %s: %w", l.dir, err)
+	}
+	return s, nil
+}
+
+// Sync flushes and fsyncs every record appended so far. It is what
+// SyncInterval does in the background, for callers of the weaker policies.
+func (l *Log) Sync() error {
+	l.mu.Lock()
+	next, gen := l.next, l.gen
+	l.mu.Unlock()
+	return l.syncTo(next, gen)
+}
+
+// Close flushes and fsyncs all records, cuts the active index to its length
+// (so the next Open needs no scan), stops background work and closes all
+// files. Readers waiting in Wait return ErrClosed.
+func (l *Log) Close() error {
+	if !l.isClosed.CompareAndSwap(false, true) {
+		return ErrClosed
+	}
+	close(l.stopBg)
+	l.bgDone.Wait()
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.mu.Lock()
+	var errs []error
+	s := l.active
+	if l.failed == nil {
+		if err := l.flushLocked(); err != nil {
+			errs = append(errs, err)
+		} else if err := l.sealFilesLocked(s); err != nil {
+			errs = append(errs, err)
+		} else {
+			l.publish(&l.durable, l.next)
+		}
+	} else {
+		errs = append(errs, l.failed)
+	}
+	l.closed = true
+	l.mu.Unlock()
+
+	l.segsMu.RLock()
+	segs := l.segs
+	l.segsMu.RUnlock()
+	for _, s := range segs {
+		s.fmu.Lock()
+		if err := s.closeFiles(); err != nil {
+			errs = append(errs, err)
+		}
+		s.deleted = true // no reads after Close
+		s.fmu.Unlock()
+	}
+	l.notifyMu.Lock()
+	close(l.notifyCh)
+	l.notifyCh = make(chan struct{})
+	l.notifyMu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("logcore: close %s: %w", l.dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+// Package logcore is natlog's storage engine: a segmented, checksummed,
+// crash-safe commit log.
+//
+// # Layout
+//
+// A Log is a directory of segments. A segment holds the records from its base
+// offset up to the next segment's base and is three files named by that base
+// offset, zero-padded to 20 digits so that names sort as numbers:
+//
+//	00000000000000000000.store      frames, append-only
+//	00000000000000000000.index      offset -> store position, memory-mapped
+//	00000000000000000000.timeindex  running max timestamp -> offset, sparse
+//
+// The last segment is the active one and takes appends; a new segment starts
+// when the next record would not fit in the active one's store or index.
+// Sealed segments never change until they are deleted whole.
+//
+// # Store frames
+//
+// A store is a sequence of frames, each
+//
+//	[length uint32 BE][crc uint32 BE][payload: length bytes]
+//
+// where crc is CRC-32C (Castagnoli) over the 4 length bytes followed by the
+// payload, and the payload is one record:
+//
+//	[offset uint64 BE][time int64 BE, Unix nanoseconds]
+//	[header count uvarint] { [key length uvarint][key] [value length uvarint][value] }
+//	[value: the rest of the payload]
+//
+// # Index files
+//
+// An index entry is 12 bytes, [relative offset uint32 BE][position uint64 BE],
+// one per record, in offset order. While a segment is active its index file is
+// grown to Config.MaxIndexBytes and memory-mapped; a clean Close or a roll to
+// a new segment cuts it to its real length. A time index entry is 12 bytes,
+// [time int64 BE][relative offset uint32 BE], and says that the records of the
+// segment up to and including that offset have no timestamp above that time;
+// entries are written when the running maximum grows and at least
+// timeIndexInterval store bytes have passed since the last entry.
+//
+// Both indexes are caches of the store: they are never trusted over it.
+//
+// # Recovery
+//
+// Sealed segments were fsynced (store and index) before the next segment was
+// created, so Open does not read them; their files are opened lazily on first
+// use, and an index whose length disagrees with the segment's record count is
+// rebuilt from the store then. The active segment is trusted without a scan
+// only if it was closed cleanly (its index cut to its exact length, its last
+// entry pointing at a valid frame that ends exactly at the end of the store).
+// Otherwise its store is scanned from the start, frame by frame:
+//
+//   - a frame that is cut short by the end of the file, or fails its checksum
+//     with no valid frame anywhere after it, is a torn tail: it and everything
+//     after it are cut off, logged and counted in Stats.TornTails;
+//   - a frame that fails its checksum with a valid frame after it is
+//     corruption before the tail: Open fails with ErrCorrupt rather than drop
+//     records that may have been acknowledged;
+//
+// and the index and time index are rebuilt from the frames that survive. Cost
+// of recovery is bounded by the size of one segment, not of the log.
+//
+// Every read verifies the frame's checksum and offset; a record that fails is
+// reported as ErrCorrupt and never returned as data.
+//
+// # Durability
+//
+// See SyncPolicy. With SyncAlways (the default) Append returns only after the
+// record's bytes are on stable storage; concurrent appenders share fsyncs
+// (group commit), and records become visible to readers only once durable.
+// After a failed write or fsync the log refuses further appends (ErrFailed)
+// until it is reopened, since the state of the file is then unknown.
+//
+// # Concurrency
+//
+// A Log is safe for concurrent use: appends are serialised internally, reads
+// run concurrently with each other and with appends, and a reader never sees
+// a record that is partly written.
+package logcore

@@ -1,0 +1,201 @@
+package logcore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+)
+
+// TruncateFrom removes every record at or above off, so that the next append
+// gets offset off: what Raft needs to drop a conflicting, uncommitted tail.
+// off must be in [LowestOffset, NextOffset]. The removal is durable when it
+// returns. Appends that were waiting for an fsync of removed records fail
+// with ErrTruncated. It costs a scan of the segment that holds off.
+func (l *Log) TruncateFrom(off uint64) error {
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.writableLocked(); err != nil {
+		return err
+	}
+	if off > l.next || off < l.lowest.Load() {
+		return &OffsetError{Offset: off, Lowest: l.lowest.Load(), Next: l.next}
+	}
+	if off == l.next {
+		return nil
+	}
+	if err := l.flushLocked(); err != nil {
+		return err
+	}
+	l.segsMu.RLock()
+	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base > off }) - 1
+	victims := append([]*segment(nil), l.segs[i+1:]...)
+	s := l.segs[i]
+	l.segsMu.RUnlock()
+
+	// Position of off in s, while s's files are still open.
+	if s.sealed.Load() {
+		if err := l.openCold(s); err != nil {
+			return l.failLocked(err)
+		}
+	}
+	s.fmu.Lock()
+	rel := uint32(off - s.base)
+	if s.idx == nil || rel >= s.idx.capacity() {
+		s.fmu.Unlock()
+		return l.failLocked(corruptf("segment %d has no index entry for offset %d", s.base, off))
+	}
+	cut := int64(s.idx.pos(rel))
+	s.deleted = true
+	closeErr := s.closeFiles()
+	s.fmu.Unlock()
+	l.cacheRemove(s)
+	if closeErr != nil {
+		return l.failLocked(closeErr)
+	}
+
+	// Remove the later segments, newest first, so that a crash part way
+	// leaves a log that ends at a segment boundary.
+	for j := len(victims) - 1; j >= 0; j-- {
+		v := victims[j]
+		v.fmu.Lock()
+		v.deleted = true
+		err := v.closeFiles()
+		v.fmu.Unlock()
+		l.cacheRemove(v)
+		for _, ext := range []string{storeExt, indexExt, timeIndexExt} {
+			if rerr := l.fs.Remove(v.path(ext)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
+		if err != nil {
+			return l.failLocked(err)
+		}
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return l.failLocked(err)
+	}
+	// Cut the store, then reopen the segment as the active one: its
+	// index no longer matches, so recovery rebuilds it from the store.
+	f, err := l.fs.OpenFile(s.path(storeExt), os.O_RDWR, 0)
+	if err != nil {
+		return l.failLocked(err)
+	}
+	err = f.Truncate(cut)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return l.failLocked(fmt.Errorf("cut %s: %w", s.path(storeExt), err))
+	}
+	ns := &segment{dir: l.dir, base: s.base}
+	ns.storeBytes.Store(-1)
+	ns.maxTime.Store(math.MinInt64)
+	recovered := l.stats.recoveries.Load()
+	if err := l.openActive(ns, true); err != nil {
+		return l.failLocked(err)
+	}
+	l.stats.recoveries.Store(recovered) // a truncation is not a crash recovery
+	if uint64(ns.count) != uint64(rel) {
+		return l.failLocked(corruptf("segment %d holds %d records after truncation, want %d", s.base, ns.count, rel))
+	}
+	l.segsMu.Lock()
+	l.segs = append(l.segs[:i:i], ns)
+	l.segsMu.Unlock()
+	l.active = ns
+	l.next = off
+	l.gen++
+	l.genNow.Store(l.gen)
+	l.visible.Store(off)
+	l.flushedNext.Store(off)
+	l.durable.Store(off)
+	return nil
+}
+
+// Reader streams the raw frames (see the package doc) of a range of
+// records, checking each one's checksum on the way. It is how a snapshot
+// ships a log: ReadFrames decodes the stream.
+type Reader struct {
+	l        *Log
+	next, to uint64
+	buf      []byte
+}
+
+// NewReader returns a Reader of the records from from up to, not including,
+// to; to is capped at NextOffset when the reader is made, so the stream is a
+// consistent cut even while appends go on. Records removed by retention
+// while it reads make it fail with ErrOffsetOutOfRange.
+func (l *Log) NewReader(from, to uint64) *Reader {
+	return &Reader{l: l, next: from, to: min(to, l.visible.Load())}
+}
+
+// Read implements io.Reader.
+func (r *Reader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.next >= r.to {
+			return 0, io.EOF
+		}
+		if err := r.l.ensureFlushed(r.to); err != nil {
+			return 0, err
+		}
+		s, err := r.l.segmentFor(r.next)
+		if err != nil {
+			return 0, err
+		}
+		recs, raw, err := r.l.readRun(s, r.next, int(min(r.to-r.next, 1<<16)), 1<<20, true)
+		s.fmu.RUnlock()
+		if err != nil {
+			return 0, err
+		}
+		r.next += uint64(len(recs))
+		r.buf = raw
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// ReadFrames decodes a stream of frames, as a Reader makes, calling fn for
+// each record in order. A damaged or cut-short stream is an error wrapping
+// ErrCorrupt; fn's error stops the reading and is returned.
+func ReadFrames(r io.Reader, fn func(Record) error) error {
+	hdr := make([]byte, frameHeaderSize)
+	var buf []byte
+	for {
+		if _, err := io.ReadFull(r, hdr); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return corruptf("frame header: %v", err)
+		}
+		n, err := frameLength(hdr)
+		if err != nil {
+			return err
+		}
+		if cap(buf) < frameHeaderSize+n {
+			buf = make([]byte, frameHeaderSize+n)
+		}
+		buf = buf[:frameHeaderSize+n]
+		copy(buf, hdr)
+		if _, err := io.ReadFull(r, buf[frameHeaderSize:]); err != nil {
+			return corruptf("frame payload: %v", err)
+		}
+		rec, _, err := DecodeFrame(buf)
+		if err != nil {
+			return err
+		}
+		rec.Value = append([]byte(nil), rec.Value...)
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+}
