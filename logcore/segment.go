@@ -52,9 +52,9 @@ type segment struct {
 	base uint64
 
 	fmu     sync.RWMutex
-	store   File       // nil while closed; guarded by fmu
-	idx     *index     // nil while closed; guarded by fmu
-	deleted bool       // guarded by fmu: files removed, reads must fail
+	store   File        // nil while closed; guarded by fmu
+	idx     *index      // nil while closed; guarded by fmu
+	deleted bool        // guarded by fmu: files removed, reads must fail
 	sealed  atomic.Bool // no more appends; count is final
 	// count is the number of records; for a sealed segment it is final,
 	// for the active one it is written under Log.mu and read by readers
@@ -72,14 +72,14 @@ type segment struct {
 
 	// The fields below belong to the active segment and are guarded by
 	// Log.mu.
-	size       int64       // store bytes including buf
+	size       int64        // store bytes including buf
 	flushed    atomic.Int64 // store bytes written to the file
-	buf        []byte      // frames not yet written to the file
-	times      []timeEntry // time index entries written
-	timeFile   File        // open time index while active
-	tt         timeTracker // time index state
-	pendTimes  []byte      // time entries not yet written
-	timeOnFile int64       // bytes of time index on file
+	buf        []byte       // frames not yet written to the file
+	times      []timeEntry  // time index entries written
+	timeFile   File         // open time index while active
+	tt         timeTracker  // time index state
+	pendTimes  []byte       // time entries not yet written
+	timeOnFile int64        // bytes of time index on file
 }
 
 func (s *segment) path(ext string) string { return filepath.Join(s.dir, segmentName(s.base)+ext) }

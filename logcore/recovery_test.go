@@ -1,0 +1,255 @@
+package logcore
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// recoveryFixture writes n records into a one-segment log in a fresh
+// directory, closes it cleanly and returns the directory and the store
+// positions of each record.
+func recoveryFixture(t *testing.T, n int) (dir string, cfg Config, positions []int64) {
+	t.Helper()
+	dir = t.TempDir()
+	cfg = testConfig(SyncAlways)
+	cfg.MaxSegmentBytes = 1 << 20
+	l := openLog(t, dir, cfg)
+	appendN(t, l, 0, n)
+	for i := 0; i < n; i++ {
+		positions = append(positions, int64(l.active.idx.pos(uint32(i))))
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, cfg, positions
+}
+
+func segFile(dir string, base uint64, ext string) string {
+	return filepath.Join(dir, segmentName(base)+ext)
+}
+
+// checkSurvivors reopens dir and checks that exactly want records survive,
+// each intact, and that the log takes appends after them.
+func checkSurvivors(t *testing.T, dir string, cfg Config, want int) *Log {
+	t.Helper()
+	l := openLog(t, dir, cfg)
+	if got := l.NextOffset(); got != uint64(want) {
+		l.Close()
+		t.Fatalf("NextOffset = %d after recovery, want %d", got, want)
+	}
+	checkRecords(t, l, 0, want)
+	appendN(t, l, want, 2)
+	checkRecords(t, l, 0, want+2)
+	return l
+}
+
+// TestRecoveryTornLastRecord cuts or damages the store at every byte of the
+// last record: recovery must keep exactly the records before it.
+func TestRecoveryTornLastRecord(t *testing.T) {
+	const n = 5
+	_, _, positions := recoveryFixture(t, n)
+	last := positions[n-1]
+	frame := FrameSize(&Record{Value: testRecord(n - 1).Value, Headers: testRecord(n - 1).Headers})
+	end := last + int64(frame)
+	for p := last; p < end; p++ {
+		t.Run("truncate at "+itoa(p-last), func(t *testing.T) {
+			dir, cfg, _ := recoveryFixture(t, n)
+			if err := os.Truncate(segFile(dir, 0, storeExt), p); err != nil {
+				t.Fatal(err)
+			}
+			l := checkSurvivors(t, dir, cfg, n-1)
+			defer l.Close()
+			if p > last && l.Stats().TornTails != 1 {
+				t.Fatalf("torn tail not counted: %+v", l.Stats())
+			}
+		})
+		t.Run("corrupt at "+itoa(p-last), func(t *testing.T) {
+			dir, cfg, _ := recoveryFixture(t, n)
+			flipByte(t, segFile(dir, 0, storeExt), p)
+			l := checkSurvivors(t, dir, cfg, n-1)
+			defer l.Close()
+			if l.Stats().TornTails != 1 {
+				t.Fatalf("torn tail not counted: %+v", l.Stats())
+			}
+		})
+	}
+}
+
+// TestRecoveryIndexDamage damages the index (or the store's end) in the ways
+// a crash or a bad disk can: the index is rebuilt from the store.
+func TestRecoveryIndexDamage(t *testing.T) {
+	const n = 40
+	cases := []struct {
+		name   string
+		damage func(t *testing.T, dir string, cfg Config, positions []int64)
+		want   int
+	}{
+		{"zeroed pre-allocated tail", func(t *testing.T, dir string, cfg Config, _ []int64) {
+			must(t, os.Truncate(segFile(dir, 0, indexExt), cfg.MaxIndexBytes))
+		}, n},
+		{"index of odd length", func(t *testing.T, dir string, _ Config, _ []int64) {
+			must(t, os.Truncate(segFile(dir, 0, indexExt), n*indexEntryWidth-5))
+		}, n},
+		{"missing index", func(t *testing.T, dir string, _ Config, _ []int64) {
+			must(t, os.Remove(segFile(dir, 0, indexExt)))
+		}, n},
+		{"empty index", func(t *testing.T, dir string, _ Config, _ []int64) {
+			must(t, os.Truncate(segFile(dir, 0, indexExt), 0))
+		}, n},
+		{"index ahead of store", func(t *testing.T, dir string, _ Config, pos []int64) {
+			must(t, os.Truncate(segFile(dir, 0, storeExt), pos[n-3]))
+		}, n - 3},
+		{"store ahead of index", func(t *testing.T, dir string, _ Config, _ []int64) {
+			must(t, os.Truncate(segFile(dir, 0, indexExt), (n-3)*indexEntryWidth))
+		}, n},
+		{"garbage index", func(t *testing.T, dir string, _ Config, _ []int64) {
+			must(t, os.WriteFile(segFile(dir, 0, indexExt), bytes.Repeat([]byte{0xA5}, n*indexEntryWidth), 0o644))
+		}, n},
+		{"garbage time index", func(t *testing.T, dir string, _ Config, _ []int64) {
+			must(t, os.WriteFile(segFile(dir, 0, timeIndexExt), bytes.Repeat([]byte{0x5A}, 7), 0o644))
+		}, n},
+		{"zeroes after the store", func(t *testing.T, dir string, _ Config, pos []int64) {
+			f, err := os.OpenFile(segFile(dir, 0, storeExt), os.O_WRONLY|os.O_APPEND, 0)
+			must(t, err)
+			_, err = f.Write(make([]byte, 5000))
+			must(t, err)
+			must(t, f.Close())
+		}, n},
+		{"half a frame header after the store", func(t *testing.T, dir string, _ Config, _ []int64) {
+			f, err := os.OpenFile(segFile(dir, 0, storeExt), os.O_WRONLY|os.O_APPEND, 0)
+			must(t, err)
+			_, err = f.Write([]byte{0, 0, 1})
+			must(t, err)
+			must(t, f.Close())
+		}, n},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, cfg, positions := recoveryFixture(t, n)
+			tc.damage(t, dir, cfg, positions)
+			l := checkSurvivors(t, dir, cfg, tc.want)
+			l.Close()
+			// And a clean reopen after the repair needs no scan.
+			l = openLog(t, dir, cfg)
+			defer l.Close()
+			if st := l.Stats(); st.Recoveries != 0 {
+				t.Fatalf("second reopen scanned again: %+v", st)
+			}
+			checkRecords(t, l, 0, tc.want+2)
+		})
+	}
+}
+
+// TestCorruptionBeforeTheTail checks that a damaged record followed by
+// intact ones is never dropped silently: after a crash, Open refuses with
+// ErrCorrupt; after a clean close, reads of that record fail with ErrCorrupt
+// and the others still read.
+func TestCorruptionBeforeTheTail(t *testing.T) {
+	const n = 10
+	t.Run("after a crash Open fails", func(t *testing.T) {
+		dir, cfg, positions := recoveryFixture(t, n)
+		must(t, os.Truncate(segFile(dir, 0, indexExt), cfg.MaxIndexBytes)) // as a crash leaves it
+		flipByte(t, segFile(dir, 0, storeExt), positions[4]+frameHeaderSize+3)
+		_, err := Open(dir, cfg)
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Open = %v, want ErrCorrupt", err)
+		}
+		// Nothing was cut: the intact records are all still in the file.
+		fi, err := os.Stat(segFile(dir, 0, storeExt))
+		must(t, err)
+		if fi.Size() <= positions[n-1] {
+			t.Fatal("Open cut records after the damage")
+		}
+	})
+	t.Run("after a clean close the read fails", func(t *testing.T) {
+		dir, cfg, positions := recoveryFixture(t, n)
+		flipByte(t, segFile(dir, 0, storeExt), positions[4]+frameHeaderSize+20)
+		l := openLog(t, dir, cfg)
+		defer l.Close()
+		if _, err := l.Read(4); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Read(4) = %v, want ErrCorrupt", err)
+		}
+		if _, err := l.ReadBatch(0, n, 1<<20); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("ReadBatch over it = %v, want ErrCorrupt", err)
+		}
+		checkRecords(t, l, 0, 4)
+		checkRecords(t, l, 5, n-5)
+	})
+	t.Run("a sealed segment's damaged record", func(t *testing.T) {
+		dir := t.TempDir()
+		cfg := testConfig(SyncAlways)
+		l := openLog(t, dir, cfg)
+		appendN(t, l, 0, 300)
+		pos := int64(l.segs[0].idx.pos(7))
+		must(t, l.Close())
+		flipByte(t, segFile(dir, 0, storeExt), pos+frameHeaderSize+1)
+		l = openLog(t, dir, cfg)
+		defer l.Close()
+		if _, err := l.Read(7); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Read(7) = %v, want ErrCorrupt", err)
+		}
+		checkRecords(t, l, 8, 292)
+	})
+}
+
+func TestSealedSegmentIndexRebuiltLazily(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(SyncAlways)
+	l := openLog(t, dir, cfg)
+	appendN(t, l, 0, 300)
+	must(t, l.Close())
+	must(t, os.Remove(segFile(dir, 0, indexExt)))
+	must(t, os.WriteFile(segFile(dir, 0, timeIndexExt), []byte("junk"), 0o644))
+	l = openLog(t, dir, cfg)
+	defer l.Close()
+	checkRecords(t, l, 0, 300)
+	if st := l.Stats(); st.IndexRebuilds != 1 {
+		t.Fatalf("IndexRebuilds = %d, want 1", st.IndexRebuilds)
+	}
+	if off, err := l.OffsetForTime(0); err != nil || off != 0 {
+		t.Fatalf("OffsetForTime after a junk time index = %d, %v", off, err)
+	}
+}
+
+func TestOrphanIndexRemoved(t *testing.T) {
+	dir, cfg, _ := recoveryFixture(t, 3)
+	must(t, os.WriteFile(segFile(dir, 1000, indexExt), make([]byte, 24), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "README"), []byte("not ours"), 0o644))
+	l := checkSurvivors(t, dir, cfg, 3)
+	defer l.Close()
+	if _, err := os.Stat(segFile(dir, 1000, indexExt)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("orphan index still there: %v", err)
+	}
+}
+
+func flipByte(t *testing.T, name string, at int64) {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, at)
+	must(t, err)
+	b[0] ^= 0xFF
+	_, err = f.WriteAt(b, at)
+	must(t, err)
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func itoa(n int64) string { return string(appendInt(nil, n)) }
+
+func appendInt(b []byte, n int64) []byte {
+	if n >= 10 {
+		b = appendInt(b, n/10)
+	}
+	return append(b, byte('0'+n%10))
+}
