@@ -71,10 +71,14 @@ func scanStore(f File, size int64, base uint64, fn func(Record)) (res scanResult
 		at := int(pos - bufStart)
 		rec, n, derr := DecodeFrame(buf[at:])
 		if errors.Is(derr, errTorn) && bufStart+int64(len(buf)) < size {
-			// Need more bytes: slide the window and read on.
+			// Need more bytes: slide the window and read on, unless
+			// the frame claims to run past the end of the file.
 			need := scanChunk
 			if l, lerr := frameLength(buf[at:]); lerr == nil {
 				need = max(need, frameHeaderSize+l)
+			}
+			if pos+int64(need) > size && need > scanChunk {
+				need = int(size - pos) // read all that is left; it decodes as torn
 			}
 			rest := buf[at:]
 			nb := buf

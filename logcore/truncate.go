@@ -1,6 +1,7 @@
 package logcore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -169,7 +170,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 // ErrCorrupt; fn's error stops the reading and is returned.
 func ReadFrames(r io.Reader, fn func(Record) error) error {
 	hdr := make([]byte, frameHeaderSize)
-	var buf []byte
+	var buf bytes.Buffer
 	for {
 		if _, err := io.ReadFull(r, hdr); err != nil {
 			if err == io.EOF {
@@ -181,15 +182,14 @@ func ReadFrames(r io.Reader, fn func(Record) error) error {
 		if err != nil {
 			return err
 		}
-		if cap(buf) < frameHeaderSize+n {
-			buf = make([]byte, frameHeaderSize+n)
+		// Grow the buffer as bytes arrive, so that a damaged length
+		// field costs no more memory than the stream holds.
+		buf.Reset()
+		buf.Write(hdr)
+		if got, err := io.CopyN(&buf, r, int64(n)); err != nil {
+			return corruptf("frame payload: %d of %d bytes: %v", got, n, err)
 		}
-		buf = buf[:frameHeaderSize+n]
-		copy(buf, hdr)
-		if _, err := io.ReadFull(r, buf[frameHeaderSize:]); err != nil {
-			return corruptf("frame payload: %v", err)
-		}
-		rec, _, err := DecodeFrame(buf)
+		rec, _, err := DecodeFrame(buf.Bytes())
 		if err != nil {
 			return err
 		}
