@@ -426,7 +426,7 @@ func TestSkip(t *testing.T) {
 	// A reply with fields this version does not know still decodes.
 	v := map[string]any{
 		"log": "x", "next": 1, "lowest": 0, "end": 1,
-		"future": map[string]any{"a": []any{1.5, float32(2), true, nil, "s", []byte("b"), int64(-100000), uint64(1 << 40)}},
+		"future":  map[string]any{"a": []any{1.5, float32(2), true, nil, "s", []byte("b"), int64(-100000), uint64(1 << 40)}},
 		"records": []any{map[string]any{"offset": 0, "time": 1, "value": []byte("v"), "new": []int{1, 2}}},
 	}
 	b, err := msgpack.Marshal(v)
