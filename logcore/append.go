@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"time"
 )
 
@@ -139,25 +140,56 @@ func (l *Log) flushLocked() error {
 	return nil
 }
 
-// syncTo makes every record below end durable, sharing the fsync with
-// concurrent callers: the first to take syncMu flushes and fsyncs all that
-// was appended by then; those queued behind it usually find their records
-// already durable.
+// syncTo makes every record below end durable, sharing fsyncs with
+// concurrent callers (group commit). One caller at a time leads a round: it
+// flushes and fsyncs everything appended so far, while the others wait for
+// the round to end. The end of a round wakes all waiters at once; those
+// whose records it covered return, and one of the rest leads the next round.
 //
 // gen is l.gen when the records were appended: if a TruncateFrom ran since,
 // they may be gone and the caller gets ErrTruncated.
 func (l *Log) syncTo(end, gen uint64) error {
-	if l.durable.Load() >= end && l.genNow.Load() == gen {
-		return nil
+	for {
+		if l.genNow.Load() != gen {
+			return ErrTruncated
+		}
+		if l.durable.Load() >= end {
+			return nil
+		}
+		l.roundMu.Lock()
+		if l.durable.Load() >= end && l.genNow.Load() == gen {
+			l.roundMu.Unlock()
+			return nil
+		}
+		if ch := l.round; ch != nil {
+			l.roundMu.Unlock()
+			<-ch // a round is running: wait for it, then look again
+			continue
+		}
+		ch := make(chan struct{})
+		l.round = ch
+		l.roundMu.Unlock()
+
+		// Let the appenders woken by the last round append before this
+		// one flushes: a yield costs microseconds, an fsync hundreds.
+		runtime.Gosched()
+		err := l.syncRound(gen)
+
+		l.roundMu.Lock()
+		l.round = nil
+		close(ch)
+		l.roundMu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
+}
+
+// syncRound flushes and fsyncs all records appended so far and publishes
+// them as durable. It holds syncMu, which keeps Close and TruncateFrom out.
+func (l *Log) syncRound(gen uint64) error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
-	if l.genNow.Load() != gen {
-		return ErrTruncated
-	}
-	if l.durable.Load() >= end {
-		return nil
-	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -167,17 +199,20 @@ func (l *Log) syncTo(end, gen uint64) error {
 		l.mu.Unlock()
 		return l.failed
 	}
+	if l.gen != gen {
+		l.mu.Unlock()
+		return ErrTruncated
+	}
 	if err := l.flushLocked(); err != nil {
 		l.mu.Unlock()
 		return err
 	}
 	s, target := l.active, l.next
-	// Keep the file open while syncing without the writer lock; appends
-	// go on into the buffer meanwhile. Only Close and TruncateFrom close
-	// the active segment, and both hold syncMu.
+	// Sync without the writer lock, so appends go on into the buffer
+	// meanwhile. Only Close and TruncateFrom close the active segment,
+	// and both hold syncMu.
 	l.mu.Unlock()
-	err := l.syncFile(s.store)
-	if err != nil {
+	if err := l.syncFile(s.store); err != nil {
 		l.mu.Lock()
 		err = l.failLocked(fmt.Errorf("fsync %s: %w", s.path(storeExt), err))
 		l.mu.Unlock()

@@ -27,9 +27,13 @@ type Log struct {
 	adminMu sync.Mutex
 
 	// syncMu is held by the goroutine that fsyncs for a group of appenders
-	// (group commit); the others queue on it and usually find their
-	// records already durable.
+	// (see syncTo), and by Close and TruncateFrom to keep such fsyncs out.
 	syncMu sync.Mutex
+
+	// roundMu guards round, the channel closed when the running group
+	// commit round ends (nil when none runs).
+	roundMu sync.Mutex
+	round   chan struct{}
 
 	// mu is the writer lock: it guards the active segment's write state,
 	// next, failed and closed.
