@@ -233,12 +233,7 @@ func (l *Log) trustCleanActive(s *segment, store File, size int64, idxFile, time
 	if count > 0 {
 		// Every entry in order (a pass over the mapping, no store
 		// reads), then the last one's frame.
-		var prev uint64
-		for i := uint32(0); i < count && ok; i++ {
-			rel, pos := x.entry(i)
-			ok = rel == i && (i == 0 && pos == 0 || i > 0 && pos > prev) && pos < uint64(size)
-			prev = pos
-		}
+		ok = indexInOrder(x, count, size)
 		rel, pos := x.entry(count - 1)
 		if !ok || rel != count-1 || pos >= uint64(size) {
 			ok = false

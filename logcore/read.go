@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 )
 
@@ -73,7 +74,8 @@ func (l *Log) segmentFor(off uint64) (*segment, error) {
 		s.fmu.RLock()
 		if s.deleted {
 			s.fmu.RUnlock()
-			continue // removed since: the range check decides again
+			runtime.Gosched()
+			continue // removed or replaced since: look again
 		}
 		if s.store != nil {
 			s.lastUsed.Store(l.clock.Add(1))
@@ -154,7 +156,7 @@ func (l *Log) cacheRemove(s *segment) {
 // s.fmu shared and rel is readable.
 func (l *Log) recordEnd(s *segment, rel uint32, vis uint64) (end int64, exact bool) {
 	if s.sealed.Load() {
-		if rel+1 < s.count {
+		if rel+1 < s.indexed() {
 			return int64(s.idx.pos(rel + 1)), true
 		}
 		return s.storeBytes.Load(), true
@@ -170,8 +172,10 @@ func (l *Log) recordEnd(s *segment, rel uint32, vis uint64) (end int64, exact bo
 // [LowestOffset, NextOffset), and with ErrCorrupt if the stored frame does
 // not check out.
 func (l *Log) Read(off uint64) (Record, error) {
-	if err := l.ensureFlushed(off + 1); err != nil && off < l.visible.Load() {
-		return Record{}, err
+	if off < l.visible.Load() {
+		if err := l.ensureFlushed(off + 1); err != nil {
+			return Record{}, err
+		}
 	}
 	s, err := l.segmentFor(off)
 	if err != nil {
@@ -179,13 +183,8 @@ func (l *Log) Read(off uint64) (Record, error) {
 	}
 	defer s.fmu.RUnlock()
 	rel := uint32(off - s.base)
-	if !s.sealed.Load() || rel < s.count {
-		// fallthrough to read
-	} else {
+	if s.sealed.Load() && rel >= s.indexed() || rel >= s.idx.capacity() {
 		return Record{}, corruptf("offset %d missing from segment %d", off, s.base)
-	}
-	if rel >= s.idx.capacity() {
-		return Record{}, corruptf("offset %d missing from segment %d's index", off, s.base)
 	}
 	pos := int64(s.idx.pos(rel))
 	end, exact := l.recordEnd(s, rel, l.visible.Load())
@@ -270,7 +269,7 @@ func (l *Log) readRun(s *segment, off uint64, n int, budget int64, first bool) (
 	rel := uint32(off - s.base)
 	var last uint64 // records in the segment readable now
 	if s.sealed.Load() {
-		last = uint64(s.count)
+		last = uint64(s.indexed())
 	} else {
 		last = vis - s.base
 	}

@@ -253,3 +253,53 @@ func appendInt(b []byte, n int64) []byte {
 	}
 	return append(b, byte('0'+n%10))
 }
+
+// TestSealedSegmentDamage damages sealed segments, which Open does not read:
+// the first read notices, rebuilds what it can from the store and reports
+// what it cannot as ErrCorrupt; nothing panics.
+func TestSealedSegmentDamage(t *testing.T) {
+	setup := func(t *testing.T) (string, Config, *Log) {
+		dir := t.TempDir()
+		cfg := testConfig(SyncAlways)
+		l := openLog(t, dir, cfg)
+		appendN(t, l, 0, 300)
+		return dir, cfg, l
+	}
+	t.Run("garbage in the middle of the index", func(t *testing.T) {
+		dir, cfg, l := setup(t)
+		must(t, l.Close())
+		f, err := os.OpenFile(segFile(dir, 0, indexExt), os.O_RDWR, 0)
+		must(t, err)
+		_, err = f.WriteAt(bytes.Repeat([]byte{0xEE}, 30), 5*indexEntryWidth)
+		must(t, err)
+		must(t, f.Close())
+		l = openLog(t, dir, cfg)
+		defer l.Close()
+		checkRecords(t, l, 0, 300)
+		if l.Stats().IndexRebuilds != 1 {
+			t.Fatalf("IndexRebuilds = %d, want 1", l.Stats().IndexRebuilds)
+		}
+	})
+	t.Run("store cut short", func(t *testing.T) {
+		dir, cfg, l := setup(t)
+		l.segsMu.RLock()
+		second := l.segs[1].base
+		pos := int64(l.segs[0].idx.pos(uint32(second - 3)))
+		l.segsMu.RUnlock()
+		must(t, l.Close())
+		must(t, os.Truncate(segFile(dir, 0, storeExt), pos))
+		must(t, os.Remove(segFile(dir, 0, indexExt)))
+		l = openLog(t, dir, cfg)
+		defer l.Close()
+		checkRecords(t, l, 0, int(second)-3)
+		for off := second - 3; off < second; off++ {
+			if _, err := l.Read(off); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Read(%d) of a lost record = %v, want ErrCorrupt", off, err)
+			}
+		}
+		if _, err := l.ReadBatch(second-4, 10, 1<<20); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("ReadBatch across the loss = %v, want ErrCorrupt", err)
+		}
+		checkRecords(t, l, int(second), 300-int(second))
+	})
+}

@@ -82,6 +82,11 @@ type segment struct {
 	timeOnFile int64        // bytes of time index on file
 }
 
+// indexed returns how many records of a sealed segment its index holds:
+// its count, unless records were missing when the index was rebuilt.
+// Callers hold fmu shared with the files open.
+func (s *segment) indexed() uint32 { return min(s.count, s.idx.capacity()) }
+
 func (s *segment) path(ext string) string { return filepath.Join(s.dir, segmentName(s.base)+ext) }
 
 // closeFiles closes the segment's files. Callers hold fmu exclusively.
@@ -135,7 +140,7 @@ func (s *segment) openSealed(fsys FS, l *Log) error {
 			store.Close()
 			return err
 		}
-		if rel, pos := x.entry(s.count - 1); rel == s.count-1 && pos < uint64(storeSize) {
+		if indexInOrder(x, s.count, storeSize) {
 			s.store, s.idx = store, x
 			return nil
 		}
@@ -227,4 +232,19 @@ func readFrameAt(store File, pos, limit int64, off uint64) (Record, error) {
 		return Record{}, corruptf("position %d holds offset %d, want %d", pos, rec.Offset, off)
 	}
 	return rec, nil
+}
+
+// indexInOrder reports whether the first count entries of x could index a
+// store of size bytes: relative offsets 0, 1, 2, ..., positions starting at
+// 0, strictly increasing and inside the store. It reads only the mapping.
+func indexInOrder(x *index, count uint32, size int64) bool {
+	var prev uint64
+	for i := uint32(0); i < count; i++ {
+		rel, pos := x.entry(i)
+		if rel != i || (i == 0 && pos != 0) || (i > 0 && pos <= prev) || pos >= uint64(size) {
+			return false
+		}
+		prev = pos
+	}
+	return true
 }
