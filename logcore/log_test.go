@@ -3,6 +3,7 @@ package logcore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -421,5 +422,35 @@ func TestConcurrentAppendersAndReaders(t *testing.T) {
 	}
 	if len(seen) != writers*each {
 		t.Fatalf("%d distinct records, want %d", len(seen), writers*each)
+	}
+}
+
+func TestReset(t *testing.T) {
+	for _, to := range []uint64{0, 50, 5000} {
+		t.Run(fmt.Sprint(to), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := testConfig(SyncAlways)
+			l := openLog(t, dir, cfg)
+			appendN(t, l, 0, 300)
+			must(t, l.Reset(to))
+			if l.LowestOffset() != to || l.NextOffset() != to {
+				t.Fatalf("after Reset(%d): [%d, %d)", to, l.LowestOffset(), l.NextOffset())
+			}
+			_, err := l.Read(to)
+			mustOutOfRange(t, err)
+			off, err := l.Append(testRecord(1))
+			if err != nil || off != to {
+				t.Fatalf("Append after Reset = %d, %v; want %d", off, err, to)
+			}
+			must(t, l.Close())
+			l = openLog(t, dir, cfg)
+			defer l.Close()
+			if l.LowestOffset() != to || l.NextOffset() != to+1 {
+				t.Fatalf("after reopen: [%d, %d)", l.LowestOffset(), l.NextOffset())
+			}
+			if info, _ := l.Info(); info.Segments != 1 {
+				t.Fatalf("%d segments after Reset, want 1", info.Segments)
+			}
+		})
 	}
 }

@@ -199,3 +199,61 @@ func ReadFrames(r io.Reader, fn func(Record) error) error {
 		}
 	}
 }
+
+// Reset removes every record and makes next the offset of the next append,
+// below or above the current one: what a Raft log store needs when a
+// snapshot replaces its whole log. Appends waiting for an fsync fail with
+// ErrTruncated. If it crashes part way, the log reopens holding a suffix of
+// its old segments, or empty at Config.InitialOffset; never with a gap.
+func (l *Log) Reset(next uint64) error {
+	if next > maxOffset {
+		return fmt.Errorf("%w: offset %d too large", ErrInvalidConfig, next)
+	}
+	l.adminMu.Lock()
+	defer l.adminMu.Unlock()
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.writableLocked(); err != nil {
+		return err
+	}
+	l.segsMu.Lock()
+	old := l.segs
+	l.segsMu.Unlock()
+	// Oldest first, so that a crash leaves a suffix of the log.
+	for _, s := range old {
+		s.fmu.Lock()
+		s.deleted = true
+		err := s.closeFiles()
+		s.fmu.Unlock()
+		l.cacheRemove(s)
+		for _, ext := range []string{storeExt, indexExt, timeIndexExt} {
+			if rerr := l.fs.Remove(s.path(ext)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
+		if err != nil {
+			return l.failLocked(err)
+		}
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			return l.failLocked(err)
+		}
+	}
+	ns, err := l.createSegment(next)
+	if err != nil {
+		return l.failLocked(err)
+	}
+	l.segsMu.Lock()
+	l.segs = []*segment{ns}
+	l.segsMu.Unlock()
+	l.active = ns
+	l.next = next
+	l.gen++
+	l.genNow.Store(l.gen)
+	l.lowest.Store(next)
+	l.visible.Store(next)
+	l.flushedNext.Store(next)
+	l.durable.Store(next)
+	return nil
+}
