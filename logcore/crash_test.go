@@ -68,19 +68,20 @@ func crashOnce(t *testing.T, policy SyncPolicy, opt CrashOptions, seed int64) {
 		crashed  = make(chan struct{})
 		wg       sync.WaitGroup
 	)
-	go func() {
-		// The crash: once enough appends were attempted.
-		for attempts.Load() < crashAt {
-			time.Sleep(100 * time.Microsecond) // polling for the moment to crash, not synchronising
+	var crashing atomic.Bool
+	// crash simulates the power loss, once, from the appender whose
+	// attempt crossed crashAt. Index entries are stored through a mapping,
+	// which only the writer lock orders; holding it keeps the simulator
+	// from racing with those stores (a real power loss needs no such care).
+	crash := func() {
+		if !crashing.CompareAndSwap(false, true) {
+			return
 		}
-		// Index entries are stored through a mapping, which only the
-		// writer lock orders; holding it keeps the simulator from racing
-		// with those stores (a real power loss needs no such care).
 		l.mu.Lock()
 		fs.Crash(opt)
 		l.mu.Unlock()
 		close(crashed)
-	}()
+	}
 	for w := range writers {
 		wg.Add(1)
 		go func() {
@@ -98,7 +99,10 @@ func crashOnce(t *testing.T, policy SyncPolicy, opt CrashOptions, seed int64) {
 					batch[i] = Record{Value: crashValue(w, seq+i, r)}
 				}
 				seq += n
-				attempts.Add(int64(n))
+				if attempts.Add(int64(n)) >= crashAt {
+					crash()
+					return
+				}
 				first, err := l.AppendBatch(batch)
 				if err != nil {
 					return // the crash: files are gone from under the log
@@ -125,6 +129,7 @@ func crashOnce(t *testing.T, policy SyncPolicy, opt CrashOptions, seed int64) {
 		}()
 	}
 	wg.Wait()
+	crash() // in case every appender stopped before crashAt
 	<-crashed
 	l.Close() // fails: the files crashed; it must not hang or panic
 	if len(acked) == 0 {
