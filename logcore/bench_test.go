@@ -38,7 +38,10 @@ func BenchmarkAppend(b *testing.B) {
 }
 
 func benchAppend(b *testing.B, policy SyncPolicy, size, appenders int) {
-	l, err := Open(b.TempDir(), benchConfig(policy))
+	cfg := benchConfig(policy)
+	var syncNanos atomic.Int64
+	cfg.OnSync = func(d time.Duration, _ error) { syncNanos.Add(int64(d)) }
+	l, err := Open(b.TempDir(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +69,11 @@ func benchAppend(b *testing.B, policy SyncPolicy, size, appenders int) {
 	wg.Wait()
 	reportRate(b, b.N, start)
 	b.StopTimer()
-	b.ReportMetric(float64(l.Stats().Syncs)/float64(b.N), "fsyncs/record")
+	syncs := l.Stats().Syncs
+	b.ReportMetric(float64(syncs)/float64(b.N), "fsyncs/record")
+	if syncs > 0 {
+		b.ReportMetric(float64(syncNanos.Load())/float64(syncs)/1e3, "µs/fsync")
+	}
 }
 
 // BenchmarkAppendBatch appends batches of 100 records of 100 B, one
