@@ -116,6 +116,9 @@ type LogInfo struct {
 	Settings LogSettings `json:"settings"`
 	// Created is when the log was created, Unix nanoseconds.
 	Created int64 `json:"created"`
+	// Error is set (and the other fields are zero) for a log that failed
+	// to open and is out of service: why.
+	Error string `json:"error,omitempty"`
 }
 
 // LogsReply answers the logs subject: every log, sorted by name.

@@ -1,0 +1,168 @@
+package sidecar
+
+import (
+	"sync"
+	"time"
+
+	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// dedup remembers, per log, the Natlog-Msg-Id of recent appends and the
+// offsets they got, so that a retried append is answered with the first
+// one's offsets instead of being written twice.
+//
+// The ids are stored with the records (the header is kept), so the memory
+// is rebuilt from the log's recent records the first time an id is claimed
+// after the log is opened: a retry after a crash and restart is still
+// recognised. Ids older than the window, or beyond the max most recent,
+// are forgotten.
+type dedup struct {
+	window time.Duration
+	max    int
+	log    *logcore.Log
+
+	mu     sync.Mutex // guards everything below
+	loaded bool
+	ids    map[string]*dedupEntry
+	fifo   []fifoItem // ids in the order they were claimed
+}
+
+// dedupEntry is what an id maps to. It is in flight until done is closed
+// (by finish); after that it is read-only.
+type dedupEntry struct {
+	first  uint64
+	count  int
+	at     int64         // Unix nanoseconds of the append
+	done   chan struct{} // closed when the owner has finished; nil if loaded
+	failed bool          // the append failed: the id is free again
+}
+
+type fifoItem struct {
+	id string
+	e  *dedupEntry
+}
+
+func newDedup(window time.Duration, max int, l *logcore.Log) *dedup {
+	return &dedup{window: window, max: max, log: l, ids: map[string]*dedupEntry{}}
+}
+
+// claim returns the entry for id. If owner is true the caller must append
+// and then call finish; otherwise the entry is another append's: wait for
+// its done (if not nil) and use it unless it failed, in which case claim
+// again.
+func (d *dedup) claim(id string) (e *dedupEntry, owner bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now().UnixNano()
+	if !d.loaded {
+		d.load(now)
+		d.loaded = true
+	}
+	d.expire(now)
+	if e, ok := d.ids[id]; ok && !e.failed {
+		return e, false
+	}
+	e = &dedupEntry{at: now, done: make(chan struct{})}
+	d.ids[id] = e
+	d.fifo = append(d.fifo, fifoItem{id, e})
+	return e, true
+}
+
+// finish records the outcome of the owner's append and wakes those waiting
+// for it.
+func (d *dedup) finish(id string, e *dedupEntry, first uint64, count int, err error) {
+	d.mu.Lock()
+	if err != nil {
+		e.failed = true
+		if d.ids[id] == e {
+			delete(d.ids, id)
+		}
+	} else {
+		e.first, e.count = first, count
+	}
+	d.mu.Unlock()
+	close(e.done)
+}
+
+// expire forgets ids older than the window and the oldest beyond max. An
+// append still in flight is never forgotten (it is recent anyway).
+func (d *dedup) expire(now int64) {
+	cutoff := now - int64(d.window)
+	i := 0
+	for ; i < len(d.fifo); i++ {
+		it := d.fifo[i]
+		if it.e.at >= cutoff && len(d.ids) <= d.max {
+			break
+		}
+		if it.e.done != nil && !isClosed(it.e.done) {
+			break
+		}
+		if d.ids[it.id] == it.e {
+			delete(d.ids, it.id)
+		}
+	}
+	if i > 0 {
+		// Drop the expired prefix; compact when it is most of the slice.
+		d.fifo = d.fifo[i:]
+		if cap(d.fifo) > 64 && len(d.fifo) < cap(d.fifo)/4 {
+			d.fifo = append([]fifoItem(nil), d.fifo...)
+		}
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// load rebuilds the ids from the log's records of the last window (at
+// most max records back). Consecutive records with the same id are one
+// append (a batch). Errors stop the scan: dedup is best effort for what it
+// cannot read.
+func (d *dedup) load(now int64) {
+	next := d.log.NextOffset()
+	from, err := d.log.OffsetForTime(now - int64(d.window))
+	if err != nil {
+		return
+	}
+	if low := d.log.LowestOffset(); from < low {
+		from = low
+	}
+	if next > uint64(d.max) && from < next-uint64(d.max) {
+		from = next - uint64(d.max)
+	}
+	var last *dedupEntry
+	var lastID string
+	for off := from; off < next; {
+		recs, err := d.log.ReadBatch(off, 1000, 1<<20)
+		if err != nil || len(recs) == 0 {
+			return
+		}
+		for _, r := range recs {
+			off = r.Offset + 1
+			id := ""
+			for _, h := range r.Headers {
+				if h.Key == protocol.HeaderMsgID {
+					id = h.Value
+					break
+				}
+			}
+			if id == "" {
+				last = nil
+				continue
+			}
+			if last != nil && id == lastID && last.first+uint64(last.count) == r.Offset {
+				last.count++
+				continue
+			}
+			last, lastID = &dedupEntry{first: r.Offset, count: 1, at: r.Time}, id
+			d.ids[id] = last
+			d.fifo = append(d.fifo, fifoItem{id, last})
+		}
+	}
+}

@@ -1,0 +1,257 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// The NATS request handlers: they parse and check the request on the
+// subscription's goroutine, answer bad requests at once, and run the
+// operation with goAsync. See docs/protocol.md.
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// handleAppend serves <prefix>.append.<log>: the body is one record's
+// value (its other headers stored with it), or with Content-Type
+// application/msgpack a protocol.AppendBatchRequest.
+func (s *Server) handleAppend(c *call) {
+	name, err := s.subjects.LogName(protocol.OpAppend, c.req.Subject())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	h := nats.Header(c.req.Headers())
+	o, perr := parseAppendHeaders(h)
+	if perr != nil {
+		c.fail(perr)
+		return
+	}
+	var recs []logcore.Record
+	if len(h) > 0 && h.Get(protocol.HeaderContentType) == protocol.ContentTypeMsgpack {
+		c.op = opAppendBatch
+		if recs, perr = s.batchRecords(c.req.Data(), o.msgID); perr != nil {
+			c.fail(perr)
+			return
+		}
+	} else {
+		recs = []logcore.Record{{Value: c.req.Data(), Headers: fromHeaders(h, "")}}
+		if perr := s.checkRecord(&recs[0]); perr != nil {
+			c.fail(perr)
+			return
+		}
+	}
+	c.goAsync(func() {
+		res, perr := s.appendRecords(name, recs, o)
+		if perr != nil {
+			c.fail(perr)
+			return
+		}
+		if c.op == opAppend {
+			r := protocol.AppendReply{Log: name, Offset: res.first, Duplicate: res.duplicate}
+			c.reply(r.AppendJSON(make([]byte, 0, 48+len(name))), nil)
+			return
+		}
+		r := protocol.AppendBatchReply{Log: name, First: res.first, Last: res.first + uint64(res.count) - 1, Count: res.count, Duplicate: res.duplicate}
+		c.reply(r.AppendJSON(make([]byte, 0, 80+len(name))), nil)
+	})
+}
+
+// parseAppendHeaders reads an append's conditions from its headers.
+func parseAppendHeaders(h nats.Header) (appendOpts, *protocol.Error) {
+	var o appendOpts
+	if len(h) == 0 {
+		return o, nil
+	}
+	if v, ok := h[protocol.HeaderExpectedOffset]; ok {
+		off, err := strconv.ParseUint(strings.TrimSpace(first(v)), 10, 64)
+		if err != nil {
+			return o, protocol.Errorf(protocol.ErrBadRequest, "bad %s header %q: want a decimal offset", protocol.HeaderExpectedOffset, first(v))
+		}
+		o.expected, o.hasExpected = off, true
+	}
+	if v, ok := h[protocol.HeaderMsgID]; ok {
+		o.msgID = first(v)
+		if o.msgID == "" || len(o.msgID) > maxMsgIDLen {
+			return o, protocol.Errorf(protocol.ErrBadRequest, "bad %s header: want 1 to %d bytes", protocol.HeaderMsgID, maxMsgIDLen)
+		}
+	}
+	return o, nil
+}
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// batchRecords decodes a batch append body into records. The request's
+// Natlog-Msg-Id, if any, is stored on every record of the batch (replacing
+// any the records carry), so that deduplication survives a restart.
+func (s *Server) batchRecords(body []byte, msgID string) ([]logcore.Record, *protocol.Error) {
+	req, err := protocol.DecodeAppendBatch(body)
+	if err != nil {
+		return nil, protocol.AsError(err)
+	}
+	recs := make([]logcore.Record, len(req.Records))
+	skip := ""
+	if msgID != "" {
+		skip = protocol.HeaderMsgID
+	}
+	for i, r := range req.Records {
+		recs[i] = logcore.Record{Value: r.Value, Headers: fromHeaders(r.Headers, skip)}
+		if msgID != "" {
+			recs[i].Headers = append(recs[i].Headers, logcore.Header{Key: protocol.HeaderMsgID, Value: msgID})
+			slices.SortStableFunc(recs[i].Headers, func(a, b logcore.Header) int { return strings.Compare(a.Key, b.Key) })
+		}
+		if perr := s.checkRecord(&recs[i]); perr != nil {
+			perr.Description = "batch record " + strconv.Itoa(i) + ": " + perr.Description
+			return nil, perr
+		}
+	}
+	return recs, nil
+}
+
+// handleRead serves <prefix>.read.<log>: an offset ("42") reads one record,
+// answered with its value as the body and its offset, time and headers as
+// NATS headers; a JSON or msgpack protocol.ReadRequest reads a batch,
+// answered with a msgpack protocol.ReadReply (JSON with Accept:
+// application/json).
+func (s *Server) handleRead(c *call) {
+	name, err := s.subjects.LogName(protocol.OpRead, c.req.Subject())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	h := nats.Header(c.req.Headers())
+	ct := ""
+	if len(h) > 0 {
+		ct = h.Get(protocol.HeaderContentType)
+	}
+	req, single, err := protocol.ParseReadBody(c.req.Data(), ct)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if single {
+		c.goAsync(func() {
+			rec, perr := s.readOne(name, req.Offset)
+			if perr != nil {
+				c.fail(perr)
+				return
+			}
+			hdr := make(nats.Header, 2+len(rec.Headers))
+			hdr[protocol.HeaderOffset] = []string{strconv.FormatUint(rec.Offset, 10)}
+			hdr[protocol.HeaderTime] = []string{strconv.FormatInt(rec.Time, 10)}
+			for _, kv := range rec.Headers {
+				hdr[kv.Key] = append(hdr[kv.Key], kv.Value)
+			}
+			c.reply(rec.Value, hdr)
+		})
+		return
+	}
+	c.op = opReadBatch
+	asJSON := len(h) > 0 && h.Get(protocol.HeaderAccept) == protocol.ContentTypeJSON
+	c.goAsync(func() {
+		rep, perr := s.readBatch(s.stopCtx, name, req, s.replyBudget(), c.release)
+		if perr != nil {
+			c.fail(perr)
+			return
+		}
+		if asJSON {
+			b, err := json.Marshal(&rep)
+			if err != nil {
+				c.fail(protocol.Errorf(protocol.ErrInternal, "encoding reply: %v", err))
+				return
+			}
+			c.reply(b, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeJSON}})
+			return
+		}
+		size := protocol.ReadReplyOverhead
+		for i := range rep.Records {
+			size += protocol.RecordSize(&rep.Records[i])
+		}
+		c.reply(rep.AppendMsgpack(make([]byte, 0, size)), nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
+	})
+}
+
+// replyBudget is the most a batch read reply's body may take: the NATS max
+// payload less room for its headers. (JSON replies, which encode values in
+// base64, may exceed it; they are for people and small reads.)
+func (s *Server) replyBudget() int {
+	return int(s.maxPayload) - 1024
+}
+
+// handleInfo serves <prefix>.info.<log>.
+func (s *Server) handleInfo(c *call) {
+	name, err := s.subjects.LogName(protocol.OpInfo, c.req.Subject())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.goAsync(func() {
+		li, perr := s.info(name)
+		if perr != nil {
+			c.fail(perr)
+			return
+		}
+		c.replyJSON(li)
+	})
+}
+
+// handleCreate serves <prefix>.create.<log>: the body is a JSON (or, with
+// Content-Type msgpack, msgpack) protocol.LogSettings, possibly empty.
+func (s *Server) handleCreate(c *call) {
+	name, err := s.subjects.LogName(protocol.OpCreate, c.req.Subject())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	settings, err := protocol.ParseLogSettings(c.req.Data(), c.msgpackErr)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.goAsync(func() {
+		li, perr := s.create(name, settings)
+		if perr != nil {
+			c.fail(perr)
+			return
+		}
+		c.replyJSON(li)
+	})
+}
+
+// handleDelete serves <prefix>.delete.<log>.
+func (s *Server) handleDelete(c *call) {
+	name, err := s.subjects.LogName(protocol.OpDelete, c.req.Subject())
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.goAsync(func() {
+		rep, perr := s.deleteLog(name)
+		if perr != nil {
+			c.fail(perr)
+			return
+		}
+		c.replyJSON(rep)
+	})
+}
+
+// handleLogs serves <prefix>.logs.
+func (s *Server) handleLogs(c *call) {
+	c.goAsync(func() { c.replyJSON(s.listLogs()) })
+}
+
+// handleStatus serves <prefix>.cluster.status.
+func (s *Server) handleStatus(c *call) {
+	c.goAsync(func() { c.replyJSON(s.status()) })
+}

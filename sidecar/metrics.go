@@ -1,0 +1,167 @@
+package sidecar
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// op names a kind of request, the "op" label of the request metrics.
+type op int
+
+const (
+	opAppend op = iota
+	opAppendBatch
+	opRead
+	opReadBatch
+	opInfo
+	opLogs
+	opStatus
+	opCreate
+	opDelete
+	opHTTPAppend
+	opHTTPRead
+	numOps
+)
+
+var opNames = [numOps]string{
+	"append", "append_batch", "read", "read_batch", "info", "logs", "status", "create", "delete",
+	"http_append", "http_read",
+}
+
+// outcome classifies a request's result, the "outcome" label.
+type outcome int
+
+const (
+	outcomeOK outcome = iota
+	outcomeBadRequest
+	outcomeNotFound
+	outcomeConflict
+	outcomeTooLarge
+	outcomeError
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"ok", "bad_request", "not_found", "conflict", "too_large", "error"}
+
+func outcomeOf(e *protocol.Error) outcome {
+	if e == nil {
+		return outcomeOK
+	}
+	switch e.Code {
+	case 400:
+		return outcomeBadRequest
+	case 404:
+		return outcomeNotFound
+	case 409:
+		return outcomeConflict
+	case 413:
+		return outcomeTooLarge
+	}
+	return outcomeError
+}
+
+// metrics are the node's Prometheus metrics, in a registry of their own
+// (so that several nodes can live in one process, as in tests).
+type metrics struct {
+	reg         *prometheus.Registry
+	fsync       prometheus.Histogram
+	fsyncErrors prometheus.Counter
+	// cells caches the labelled series so the request path does no label
+	// lookups.
+	cells [numOps][numOutcomes]struct {
+		count   prometheus.Counter
+		latency prometheus.Observer
+	}
+}
+
+// newMetrics makes the metrics; registerLogs adds the per-log ones once
+// the logs are open (their OnSync hook needs the metrics first).
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "natlog_requests_total",
+		Help: "Requests served, by operation and outcome.",
+	}, []string{"op", "outcome"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "natlog_request_duration_seconds",
+		Help:    "Time from receiving a request to sending its reply, by operation and outcome.",
+		Buckets: prometheus.ExponentialBuckets(25e-6, 2, 18), // 25µs .. 3.3s
+	}, []string{"op", "outcome"})
+	m.fsync = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "natlog_fsync_duration_seconds",
+		Help:    "Duration of store fsyncs, all logs.",
+		Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16),
+	})
+	m.fsyncErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "natlog_fsync_errors_total",
+		Help: "Failed store fsyncs, all logs. After one, the log refuses appends until the node restarts.",
+	})
+	m.reg.MustRegister(requests, latency, m.fsync, m.fsyncErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for o := range numOps {
+		for oc := range numOutcomes {
+			m.cells[o][oc].count = requests.WithLabelValues(opNames[o], outcomeNames[oc])
+			m.cells[o][oc].latency = latency.WithLabelValues(opNames[o], outcomeNames[oc])
+		}
+	}
+	return m
+}
+
+func (m *metrics) registerLogs(logs *manager) {
+	m.reg.MustRegister(&logCollector{logs: logs})
+}
+
+// observe counts one request.
+func (m *metrics) observe(o op, e *protocol.Error, d time.Duration) {
+	c := &m.cells[o][outcomeOf(e)]
+	c.count.Inc()
+	c.latency.Observe(d.Seconds())
+}
+
+// onSync is the logs' logcore.Config.OnSync hook.
+func (m *metrics) onSync(d time.Duration, err error) {
+	m.fsync.Observe(d.Seconds())
+	if err != nil {
+		m.fsyncErrors.Inc()
+	}
+}
+
+// logCollector reports each log's extent at scrape time.
+type logCollector struct {
+	logs *manager
+}
+
+var (
+	descLogBytes    = prometheus.NewDesc("natlog_log_bytes", "Bytes in the log's store files.", []string{"log"}, nil)
+	descLogSegments = prometheus.NewDesc("natlog_log_segments", "Segments in the log.", []string{"log"}, nil)
+	descLogRecords  = prometheus.NewDesc("natlog_log_records", "Records kept in the log.", []string{"log"}, nil)
+	descLogNext     = prometheus.NewDesc("natlog_log_next_offset", "The offset the log's next record will get.", []string{"log"}, nil)
+	descLogLowest   = prometheus.NewDesc("natlog_log_lowest_offset", "The log's oldest kept offset.", []string{"log"}, nil)
+	descLogs        = prometheus.NewDesc("natlog_logs", "Logs on this node.", nil, nil)
+)
+
+func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descLogBytes, descLogSegments, descLogRecords, descLogNext, descLogLowest, descLogs} {
+		ch <- d
+	}
+}
+
+func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
+	logs := c.logs.list()
+	ch <- prometheus.MustNewConstMetric(descLogs, prometheus.GaugeValue, float64(len(logs)))
+	for _, e := range logs {
+		in, err := e.log.Info()
+		if err != nil {
+			continue // closed by a delete or shutdown since list
+		}
+		ch <- prometheus.MustNewConstMetric(descLogBytes, prometheus.GaugeValue, float64(in.Bytes), e.name)
+		ch <- prometheus.MustNewConstMetric(descLogSegments, prometheus.GaugeValue, float64(in.Segments), e.name)
+		ch <- prometheus.MustNewConstMetric(descLogRecords, prometheus.GaugeValue, float64(in.Records), e.name)
+		ch <- prometheus.MustNewConstMetric(descLogNext, prometheus.GaugeValue, float64(in.NextOffset), e.name)
+		ch <- prometheus.MustNewConstMetric(descLogLowest, prometheus.GaugeValue, float64(in.LowestOffset), e.name)
+	}
+}

@@ -1,0 +1,292 @@
+package sidecar
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// The node's operations, independent of the transport (NATS or HTTP) that
+// asked for them. Each returns a *protocol.Error on failure.
+
+// appendOpts are an append's conditions, from its request headers.
+type appendOpts struct {
+	expected    uint64 // Natlog-Expected-Offset, if hasExpected
+	hasExpected bool
+	msgID       string // Natlog-Msg-Id, or ""
+}
+
+// appendResult is where an append's records went.
+type appendResult struct {
+	first     uint64
+	count     int
+	duplicate bool // a retry of an earlier append: nothing was written
+}
+
+// maxMsgIDLen bounds a Natlog-Msg-Id.
+const maxMsgIDLen = 1024
+
+// appendRecords appends recs (one or more, atomically) to the log name,
+// creating the log if needed.
+func (s *Server) appendRecords(name string, recs []logcore.Record, o appendOpts) (appendResult, *protocol.Error) {
+	e, err := s.logs.getOrCreate(name)
+	if err != nil {
+		return appendResult{}, protocol.AsError(err)
+	}
+	if o.msgID == "" || e.dedup == nil {
+		return s.appendTo(e, recs, o)
+	}
+	for {
+		d, owner := e.dedup.claim(o.msgID)
+		if !owner {
+			if d.done != nil {
+				<-d.done // the first append with this id is in flight
+			}
+			if d.failed {
+				continue // it failed: try to be the one that writes
+			}
+			return appendResult{first: d.first, count: d.count, duplicate: true}, nil
+		}
+		res, perr := s.appendTo(e, recs, o)
+		var ferr error
+		if perr != nil {
+			ferr = perr
+		}
+		e.dedup.finish(o.msgID, d, res.first, res.count, ferr)
+		return res, perr
+	}
+}
+
+// appendTo appends to an open log. Unconditional appends run concurrently
+// (logcore shares one fsync among them); a conditional one runs alone.
+func (s *Server) appendTo(e *logEntry, recs []logcore.Record, o appendOpts) (appendResult, *protocol.Error) {
+	if o.hasExpected {
+		e.appendMu.Lock()
+		defer e.appendMu.Unlock()
+		if next := e.log.NextOffset(); next != o.expected {
+			if e.deleted.Load() {
+				return appendResult{}, protocol.Errorf(protocol.ErrUnavailable, "log %q was deleted while appending; retry", e.name)
+			}
+			return appendResult{}, protocol.Errorf(protocol.ErrExpectedOffset,
+				"expected offset %d but log %q's next offset is %d", o.expected, e.name, next)
+		}
+	} else {
+		e.appendMu.RLock()
+		defer e.appendMu.RUnlock()
+	}
+	var first uint64
+	var err error
+	if len(recs) == 1 {
+		first, err = e.log.Append(recs[0])
+	} else {
+		first, err = e.log.AppendBatch(recs)
+	}
+	if err != nil {
+		if e.deleted.Load() {
+			return appendResult{}, protocol.Errorf(protocol.ErrUnavailable, "log %q was deleted while appending; retry", e.name)
+		}
+		s.logger.Error("natlog: append failed", "log", e.name, "err", err)
+		return appendResult{}, e.storageError(err)
+	}
+	return appendResult{first: first, count: len(recs)}, nil
+}
+
+// checkRecord returns ErrPayloadTooLarge if rec exceeds the record limit.
+func (s *Server) checkRecord(rec *logcore.Record) *protocol.Error {
+	n := int64(len(rec.Value))
+	for _, h := range rec.Headers {
+		n += int64(len(h.Key) + len(h.Value) + 4)
+	}
+	if n > s.maxRecord {
+		return protocol.Errorf(protocol.ErrPayloadTooLarge, "record of %d bytes exceeds this node's limit of %d bytes", n, s.maxRecord)
+	}
+	return nil
+}
+
+// readOne returns the record at off.
+func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Error) {
+	e, perr := s.logs.lookup(name)
+	if perr != nil {
+		return logcore.Record{}, perr
+	}
+	rec, err := e.log.Read(off)
+	if err != nil {
+		return logcore.Record{}, e.storageError(err)
+	}
+	return rec, nil
+}
+
+// readBatch reads records from req.Offset, waiting up to req.WaitMs (capped
+// by the config) if there are none yet. The reply fits in budget bytes of
+// msgpack. release, if not nil, is called before waiting (to give back the
+// worker slot the caller holds).
+func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRequest, budget int, release func()) (protocol.ReadReply, *protocol.Error) {
+	e, perr := s.logs.lookup(name)
+	if perr != nil {
+		return protocol.ReadReply{}, perr
+	}
+	max := req.Max
+	if max == 0 {
+		max = s.cfg.DefaultReadMax
+	}
+	max = min(max, s.cfg.MaxReadRecords)
+	maxBytes := budget - protocol.ReadReplyOverhead
+	if req.MaxBytes > 0 {
+		maxBytes = min(maxBytes, req.MaxBytes)
+	}
+	recs, err := e.log.ReadBatch(req.Offset, max, maxBytes)
+	if err == nil && len(recs) == 0 && req.WaitMs > 0 && s.tryWaiter() {
+		if release != nil {
+			release()
+		}
+		wait := min(time.Duration(req.WaitMs)*time.Millisecond, s.cfg.MaxReadWait)
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		werr := e.log.Wait(wctx, req.Offset)
+		cancel()
+		s.doneWaiter()
+		if werr == nil {
+			recs, err = e.log.ReadBatch(req.Offset, max, maxBytes)
+		} else if ctx.Err() == nil && wctx.Err() == nil {
+			err = werr // the log closed: deleted, or the node is stopping
+		}
+	}
+	if err != nil {
+		return protocol.ReadReply{}, e.storageError(err)
+	}
+	rep := protocol.ReadReply{
+		Log:     name,
+		Records: make([]protocol.Record, 0, len(recs)),
+		Next:    req.Offset,
+		Lowest:  e.log.LowestOffset(),
+		End:     e.log.NextOffset(),
+	}
+	size := protocol.ReadReplyOverhead
+	for i := range recs {
+		r := protocol.Record{Offset: recs[i].Offset, Time: recs[i].Time, Value: recs[i].Value, Headers: toHeaders(recs[i].Headers)}
+		size += protocol.RecordSize(&r)
+		if size > budget {
+			if i == 0 {
+				return protocol.ReadReply{}, protocol.Errorf(protocol.ErrPayloadTooLarge,
+					"record %d does not fit in a batch reply of at most %d bytes; read it alone", r.Offset, budget)
+			}
+			break
+		}
+		rep.Records = append(rep.Records, r)
+		rep.Next = r.Offset + 1
+	}
+	return rep, nil
+}
+
+// tryWaiter takes a long-poll slot if one is free.
+func (s *Server) tryWaiter() bool {
+	select {
+	case s.waiters <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) doneWaiter() { <-s.waiters }
+
+// toHeaders converts stored headers to the wire form.
+func toHeaders(hs []logcore.Header) protocol.Headers {
+	if len(hs) == 0 {
+		return nil
+	}
+	h := make(protocol.Headers, len(hs))
+	for _, kv := range hs {
+		h[kv.Key] = append(h[kv.Key], kv.Value)
+	}
+	return h
+}
+
+// fromHeaders converts wire headers to stored ones, sorted by key (values
+// in order) so that the stored form is deterministic, leaving out
+// natlog's reserved headers (and skip, if not empty).
+func fromHeaders(h map[string][]string, skip string) []logcore.Header {
+	if len(h) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(h))
+	n := 0
+	for k, vs := range h {
+		if protocol.Reserved(k) || k == skip || k == "" {
+			continue
+		}
+		keys = append(keys, k)
+		n += len(vs)
+	}
+	if n == 0 {
+		return nil
+	}
+	slices.Sort(keys)
+	out := make([]logcore.Header, 0, n)
+	for _, k := range keys {
+		for _, v := range h[k] {
+			out = append(out, logcore.Header{Key: k, Value: v})
+		}
+	}
+	return out
+}
+
+// info describes the log name.
+func (s *Server) info(name string) (protocol.LogInfo, *protocol.Error) {
+	e, perr := s.logs.lookup(name)
+	if perr != nil {
+		return protocol.LogInfo{}, perr
+	}
+	return e.info()
+}
+
+// listLogs describes every log.
+func (s *Server) listLogs() protocol.LogsReply {
+	rep := protocol.LogsReply{Logs: []protocol.LogInfo{}}
+	for _, e := range s.logs.list() {
+		if li, err := e.info(); err == nil {
+			rep.Logs = append(rep.Logs, li)
+		}
+	}
+	for name, err := range s.logs.brokenLogs() {
+		rep.Logs = append(rep.Logs, protocol.LogInfo{Log: name, Error: brokenError(name, err).Description})
+	}
+	slices.SortFunc(rep.Logs, func(a, b protocol.LogInfo) int { return strings.Compare(a.Log, b.Log) })
+	return rep
+}
+
+// status describes the cluster: one node, the leader of itself.
+func (s *Server) status() protocol.ClusterStatus {
+	return protocol.ClusterStatus{
+		NodeID:         s.nodeID,
+		Leader:         s.nodeID,
+		State:          "leader",
+		Mode:           "single",
+		Peers:          []protocol.Peer{{ID: s.nodeID, Address: s.natsURL, State: "leader", Voter: true}},
+		Logs:           len(s.logs.list()),
+		MaxRecordBytes: s.maxRecord,
+		Prefix:         s.subjects.Prefix(),
+		Version:        s.cfg.Version,
+		StartedAt:      s.started.UnixNano(),
+	}
+}
+
+// create creates the log name with its own settings (idempotently).
+func (s *Server) create(name string, settings protocol.LogSettings) (protocol.LogInfo, *protocol.Error) {
+	e, _, err := s.logs.create(name, settings, true)
+	if err != nil {
+		return protocol.LogInfo{}, protocol.AsError(err)
+	}
+	return e.info()
+}
+
+// deleteLog deletes the log name and its records.
+func (s *Server) deleteLog(name string) (protocol.DeleteReply, *protocol.Error) {
+	if err := s.logs.delete(name); err != nil {
+		return protocol.DeleteReply{}, protocol.AsError(err)
+	}
+	return protocol.DeleteReply{Log: name, Deleted: true}, nil
+}

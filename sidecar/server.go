@@ -1,0 +1,283 @@
+package sidecar
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// Server is a running natlog node: its logs, its NATS connection (and
+// embedded nats-server, if any), its micro service and its HTTP endpoint.
+// Start makes one; Shutdown stops it. Its methods are safe for concurrent
+// use.
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	nodeID   string
+	subjects protocol.Subjects
+	started  time.Time
+
+	lock    *os.File // the data dir's lock, held while running
+	logs    *manager
+	metrics *metrics
+
+	ns      *server.Server // the embedded nats-server, or nil
+	nc      *nats.Conn
+	natsURL string
+	svc     micro.Service
+
+	httpSrv *http.Server
+	httpURL string
+
+	maxPayload int64 // the NATS max payload
+	maxRecord  int64 // the largest record taken
+
+	sem      chan struct{} // worker slots: MaxInflight
+	waiters  chan struct{} // long-poll slots: MaxWaiters
+	inflight sync.WaitGroup
+	closeMu  sync.RWMutex // guards closing against inflight.Add
+	closing  bool
+
+	// stopCtx is cancelled when Shutdown starts: long polls then answer
+	// with what they have.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+
+	ready        atomic.Bool
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// Start starts a node as cfg says and returns once it serves requests.
+func Start(cfg Config) (s *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s = &Server{
+		cfg:     cfg,
+		logger:  cfg.Logger,
+		started: time.Now(),
+		sem:     make(chan struct{}, cfg.MaxInflight),
+		waiters: make(chan struct{}, cfg.MaxWaiters),
+	}
+	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
+	if s.subjects, err = protocol.NewSubjects(cfg.Prefix); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			s.abort()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if s.nodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID); err != nil {
+		return nil, err
+	}
+	s.logger = s.logger.With("node", s.nodeID)
+
+	s.metrics = newMetrics()
+	defaults := cfg.Log
+	defaults.OnSync = s.metrics.onSync
+	defaults.Logger = s.logger
+	if s.logs, err = openManager(cfg.DataDir, defaults, cfg.DedupWindow, cfg.DedupMax, s.logger); err != nil {
+		return nil, err
+	}
+	s.metrics.registerLogs(s.logs)
+
+	if cfg.NATSURL == "" {
+		if s.ns, err = startEmbedded(cfg, s.nodeID, s.logger); err != nil {
+			return nil, err
+		}
+		s.natsURL = s.ns.ClientURL()
+	}
+	if s.nc, err = connect(cfg, s.ns, s.nodeID, s.logger); err != nil {
+		return nil, err
+	}
+	if s.ns == nil {
+		s.natsURL = s.nc.ConnectedUrlRedacted()
+	}
+	s.maxPayload = s.nc.MaxPayload()
+	s.maxRecord = cfg.MaxRecordBytes
+	if s.maxRecord == 0 {
+		s.maxRecord = s.maxPayload - ReplyHeadroom
+	}
+	if err := s.addService(); err != nil {
+		return nil, err
+	}
+	if cfg.HTTPListen != "" {
+		if err := s.startHTTP(); err != nil {
+			return nil, err
+		}
+	}
+	s.ready.Store(true)
+	s.logger.Info("natlog: serving", "nats", s.natsURL, "http", s.httpURL, "prefix", s.subjects.Prefix(),
+		"data_dir", cfg.DataDir, "logs", len(s.logs.list()), "sync", cfg.Log.Sync.String())
+	return s, nil
+}
+
+// abort releases what a failed Start acquired.
+func (s *Server) abort() {
+	s.stopCancel()
+	if s.svc != nil {
+		s.svc.Stop()
+	}
+	if s.httpSrv != nil {
+		s.httpSrv.Close()
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+	if s.logs != nil {
+		s.logs.close()
+	}
+	if s.lock != nil {
+		s.lock.Close()
+	}
+}
+
+// NATSURL is the URL clients connect to: the embedded server's, or the
+// server the node is connected to.
+func (s *Server) NATSURL() string { return s.natsURL }
+
+// HTTPURL is the base URL of the HTTP endpoint ("" if disabled).
+func (s *Server) HTTPURL() string { return s.httpURL }
+
+// NodeID is the node's id.
+func (s *Server) NodeID() string { return s.nodeID }
+
+// Subjects are the node's subjects.
+func (s *Server) Subjects() protocol.Subjects { return s.subjects }
+
+// Ready reports whether the node serves requests: started, not shutting
+// down, and connected to NATS.
+func (s *Server) Ready() bool { return s.ready.Load() && s.nc.IsConnected() }
+
+// Shutdown stops the node gracefully: it stops taking requests (drains its
+// NATS subscriptions, so that requests already delivered are served), lets
+// long polls answer with what they have, waits for the requests in flight,
+// then closes the logs (flushed and fsynced) and the NATS connection and
+// server. If ctx ends first it stops waiting and closes anyway; requests
+// still in flight then fail. It returns the first error met; later calls
+// return the same.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() { s.shutdownErr = s.shutdown(ctx) })
+	return s.shutdownErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
+	s.ready.Store(false)
+	s.logger.Info("natlog: shutting down")
+	s.stopCancel()
+	var errs []error
+	httpDone := make(chan error, 1)
+	if s.httpSrv != nil {
+		go func() { httpDone <- s.httpSrv.Shutdown(ctx) }()
+	} else {
+		httpDone <- nil
+	}
+
+	// Drain the endpoint subscriptions: requests NATS delivered are
+	// still handed to the handlers; no new ones arrive.
+	if err := s.svc.Stop(); err != nil {
+		errs = append(errs, err)
+	}
+	drainCtx, cancel := context.WithTimeout(ctx, s.cfg.DrainTimeout)
+	for s.nc.NumSubscriptions() > 0 && drainCtx.Err() == nil {
+		select {
+		case <-drainCtx.Done():
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	cancel()
+	if n := s.nc.NumSubscriptions(); n > 0 {
+		s.logger.Warn("natlog: subscriptions not drained in time", "subscriptions", n)
+	}
+
+	// Wait for the requests in flight.
+	s.closeMu.Lock()
+	s.closing = true
+	s.closeMu.Unlock()
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("requests still in flight: %w", ctx.Err()))
+	}
+	if err := <-httpDone; err != nil {
+		errs = append(errs, fmt.Errorf("http: %w", err))
+	}
+
+	if err := s.logs.close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.nc.FlushTimeout(time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		s.logger.Debug("natlog: flushing replies", "err", err)
+	}
+	s.nc.Close()
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+	if err := s.lock.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	s.logger.Info("natlog: stopped")
+	return errors.Join(errs...)
+}
+
+// loadNodeID returns id if set, else the id stored in dir/node-id,
+// generating and storing one on first use.
+func loadNodeID(dir, id string) (string, error) {
+	if id != "" {
+		return id, nil
+	}
+	path := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if id := strings.TrimSpace(string(b)); protocol.ValidLogName(id) {
+			return id, nil
+		}
+		return "", fmt.Errorf("%s: not a node id: %q", path, b)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var r [6]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	id = "n" + hex.EncodeToString(r[:])
+	if err := writeFileAtomic(path, []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("store node id: %w", err)
+	}
+	return id, nil
+}
