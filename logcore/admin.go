@@ -147,7 +147,7 @@ func (l *Log) timeEntries(s *segment) ([]timeEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := scanStore(store, ssize, s.base, nil)
+	res, err := scanStore(store, ssize, s.base)
 	if err != nil {
 		return nil, err
 	}

@@ -20,17 +20,23 @@ func (l *Log) Append(rec Record) (uint64, error) {
 
 // AppendBatch appends records in order with consecutive offsets and returns
 // the first one's offset. It is acknowledged as a whole: with SyncAlways all
-// are durable when it returns nil (one fsync for the batch). After a crash
-// before it returned, a prefix of the batch may survive. The records' Offset
+// are durable when it returns nil (one fsync for the batch). It is also
+// atomic across a crash: after one, either the whole batch is in the log or
+// none of it, provided the batch fits in one segment (a batch that does not
+// fit in the active segment starts a new one; a batch larger than a segment
+// spans several, and a crash may keep a prefix of it). The records' Offset
 // fields are ignored and the slice is not modified.
 func (l *Log) AppendBatch(recs []Record) (uint64, error) {
 	if len(recs) == 0 {
 		return 0, fmt.Errorf("logcore: empty batch")
 	}
+	var total int64
 	for i := range recs {
-		if size := int64(FrameSize(&recs[i])); size > l.cfg.MaxSegmentBytes || size-frameHeaderSize > MaxRecordBytes {
+		size := int64(FrameSize(&recs[i]))
+		if size > l.cfg.MaxSegmentBytes || size-frameHeaderSize > MaxRecordBytes {
 			return 0, fmt.Errorf("%w: record %d frame of %d bytes exceeds segment size %d", ErrRecordTooLarge, i, size, l.cfg.MaxSegmentBytes)
 		}
+		total += size
 	}
 	l.mu.Lock()
 	if err := l.writableLocked(); err != nil {
@@ -40,6 +46,14 @@ func (l *Log) AppendBatch(recs []Record) (uint64, error) {
 	if l.next+uint64(len(recs)) > maxOffset {
 		l.mu.Unlock()
 		return 0, fmt.Errorf("logcore: offset space exhausted")
+	}
+	// Keep the batch in one segment if it fits in one.
+	if s := l.active; len(recs) > 1 && s.count > 0 && total <= l.cfg.MaxSegmentBytes && uint64(len(recs)) <= uint64(s.idx.capacity()) &&
+		(s.size+total > l.cfg.MaxSegmentBytes || uint64(s.count)+uint64(len(recs)) > uint64(s.idx.capacity())) {
+		if err := l.rollLocked(); err != nil {
+			l.mu.Unlock()
+			return 0, err
+		}
 	}
 	first, gen := l.next, l.gen
 	var now int64
@@ -52,7 +66,11 @@ func (l *Log) AppendBatch(recs []Record) (uint64, error) {
 			}
 			r.Time = now
 		}
-		if err := l.writeLocked(&r); err != nil {
+		var nextSize int64
+		if i < len(recs)-1 {
+			nextSize = int64(FrameSize(&recs[i+1]))
+		}
+		if err := l.writeLocked(&r, nextSize); err != nil {
 			l.mu.Unlock()
 			return 0, err
 		}
@@ -88,18 +106,22 @@ func (l *Log) failLocked(err error) error {
 }
 
 // writeLocked buffers one record (offset and time set) in the active
-// segment, rolling to a new segment first if it would not fit.
-func (l *Log) writeLocked(r *Record) error {
+// segment, rolling to a new segment first if it would not fit. nextSize is
+// the frame size of the next record of its batch (0 if r is the last): if
+// that one will go into the same segment, r's frame is marked as continued.
+// A segment never ends with a continued frame.
+func (l *Log) writeLocked(r *Record, nextSize int64) error {
 	s := l.active
 	size := int64(FrameSize(r))
-	if s.count > 0 && (s.size+size > l.cfg.MaxSegmentBytes || s.count >= s.idx.capacity()) {
+	if !l.fitsLocked(size) {
 		if err := l.rollLocked(); err != nil {
 			return err
 		}
 		s = l.active
 	}
+	more := nextSize > 0 && s.size+size+nextSize <= l.cfg.MaxSegmentBytes && s.count+1 < s.idx.capacity()
 	pos := s.size
-	s.buf = AppendFrame(s.buf, r)
+	s.buf = appendFrame(s.buf, r, more)
 	s.idx.put(s.count, uint64(pos))
 	s.size += size
 	if e, ok := s.tt.add(r.Time, s.count, s.size); ok {
@@ -112,6 +134,13 @@ func (l *Log) writeLocked(r *Record) error {
 		return l.flushLocked()
 	}
 	return nil
+}
+
+// fitsLocked reports whether a frame of size bytes fits in the active
+// segment (an empty segment takes any frame the size checks let through).
+func (l *Log) fitsLocked(size int64) bool {
+	s := l.active
+	return s.count == 0 || s.size+size <= l.cfg.MaxSegmentBytes && s.count < s.idx.capacity()
 }
 
 // flushLocked writes the active segment's buffered frames and time index

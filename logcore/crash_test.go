@@ -12,9 +12,10 @@ import (
 	"time"
 )
 
-// crashWriter's records say who wrote them: "w<writer>-<seq>-<padding>".
-func crashValue(w, seq int, r *rand.Rand) []byte {
-	return fmt.Appendf(nil, "w%d-%d-%s", w, seq, bytes.Repeat([]byte{'x'}, r.Intn(200)))
+// crashWriter's records say who wrote them and their place in their batch:
+// "w<writer>-<seq>-<index in batch>/<batch size>-<padding>".
+func crashValue(w, seq, i, n int, r *rand.Rand) []byte {
+	return fmt.Appendf(nil, "w%d-%d-%d/%d-%s", w, seq, i, n, bytes.Repeat([]byte{'x'}, r.Intn(200)))
 }
 
 // TestCrashSimulator appends from several goroutines with each sync policy,
@@ -96,7 +97,7 @@ func crashOnce(t *testing.T, policy SyncPolicy, opt CrashOptions, seed int64) {
 				n := 1 + r.Intn(4)
 				batch := make([]Record, n)
 				for i := range batch {
-					batch[i] = Record{Value: crashValue(w, seq+i, r)}
+					batch[i] = Record{Value: crashValue(w, seq+i, i, n, r)}
 				}
 				seq += n
 				if attempts.Add(int64(n)) >= crashAt {
@@ -153,9 +154,17 @@ func crashOnce(t *testing.T, policy SyncPolicy, opt CrashOptions, seed int64) {
 		if rec.Offset != uint64(i) {
 			t.Fatalf("record %d has offset %d", i, rec.Offset)
 		}
-		var w, seq int
-		if _, err := fmt.Sscanf(string(rec.Value), "w%d-%d-", &w, &seq); err != nil {
+		var w, seq, bi, bn int
+		if _, err := fmt.Sscanf(string(rec.Value), "w%d-%d-%d/%d-", &w, &seq, &bi, &bn); err != nil {
 			t.Fatalf("record %d is damaged: %q", i, rec.Value)
+		}
+		// Batches are atomic: the whole batch is here, in order.
+		if bi == 0 {
+			for j := 1; j < bn; j++ {
+				if i+j >= len(recs) || !bytes.HasPrefix(recs[i+j].Value, fmt.Appendf(nil, "w%d-%d-%d/%d-", w, seq+j, j, bn)) {
+					t.Fatalf("offset %d starts a batch of %d, but record %d of it is missing", i, bn, j)
+				}
+			}
 		}
 		key := fmt.Sprint(w)
 		if prev, ok := lastSeq[key]; ok && seq <= prev {

@@ -22,7 +22,11 @@
 //	[length uint32 BE][crc uint32 BE][payload: length bytes]
 //
 // where crc is CRC-32C (Castagnoli) over the 4 length bytes followed by the
-// payload, and the payload is one record:
+// payload. The length's top bit is not part of the length: it is set on every
+// frame of a batch (AppendBatch) but the batch's last, and recovery keeps a
+// batch only if its last frame is there, so a batch is atomic across a crash.
+// A segment never ends with such a frame: a batch that does not fit in the
+// active segment starts a new one. The payload is one record:
 //
 //	[offset uint64 BE][time int64 BE, Unix nanoseconds]
 //	[header count uvarint] { [key length uvarint][key] [value length uvarint][value] }
@@ -53,7 +57,8 @@
 //
 //   - a frame that is cut short by the end of the file, or fails its checksum
 //     with no valid frame anywhere after it, is a torn tail: it and everything
-//     after it are cut off, logged and counted in Stats.TornTails;
+//     after it are cut off, with the frames before it of the same unfinished
+//     batch, logged and counted in Stats.TornTails;
 //   - a frame that fails its checksum with a valid frame after it is
 //     corruption before the tail: Open fails with ErrCorrupt rather than drop
 //     records that may have been acknowledged;

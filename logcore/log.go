@@ -282,7 +282,7 @@ func (l *Log) trustCleanActive(s *segment, store File, size int64, idxFile, time
 // tail, rebuilds the index and time index. See the package doc.
 func (l *Log) recoverActive(s *segment, store File, size int64, idxFile, timeFile File) error {
 	start := time.Now()
-	res, err := scanStore(store, size, s.base, nil)
+	res, err := scanStore(store, size, s.base)
 	if err != nil {
 		return fmt.Errorf("logcore: recover %s: %w", s.path(storeExt), err)
 	}

@@ -68,11 +68,24 @@ func payloadSize(r *Record) int {
 // FrameSize returns the number of store bytes r takes.
 func FrameSize(r *Record) int { return frameHeaderSize + payloadSize(r) }
 
+// frameContinues is the top bit of a frame's length field: set on every
+// frame of a batch but its last, so that recovery can cut a batch that was
+// only partly written (see the package doc).
+const frameContinues = 1 << 31
+
 // AppendFrame appends r's frame, as stored on disk, to dst.
-func AppendFrame(dst []byte, r *Record) []byte {
+func AppendFrame(dst []byte, r *Record) []byte { return appendFrame(dst, r, false) }
+
+// appendFrame appends r's frame, marked as continued by the next frame of
+// its batch if more is true.
+func appendFrame(dst []byte, r *Record, more bool) []byte {
 	size := payloadSize(r)
 	start := len(dst)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(size))
+	field := uint32(size)
+	if more {
+		field |= frameContinues
+	}
+	dst = binary.BigEndian.AppendUint32(dst, field)
 	dst = append(dst, 0, 0, 0, 0) // crc, filled below
 	dst = binary.BigEndian.AppendUint64(dst, r.Offset)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(r.Time))
@@ -98,7 +111,7 @@ func frameLength(b []byte) (int, error) {
 	if len(b) < frameHeaderSize {
 		return 0, errTorn
 	}
-	n := binary.BigEndian.Uint32(b)
+	n := binary.BigEndian.Uint32(b) &^ frameContinues
 	if n < recordFixedSize || n > MaxRecordBytes {
 		return 0, corruptf("frame length %d out of bounds", n)
 	}
@@ -169,4 +182,10 @@ func takeBytes(p []byte) (b, rest []byte, ok bool) {
 	}
 	end := k + int(n)
 	return p[k:end], p[end:], true
+}
+
+// frameContinuesBatch reports whether the frame at the start of b is
+// followed by more frames of its batch.
+func frameContinuesBatch(b []byte) bool {
+	return len(b) >= 4 && binary.BigEndian.Uint32(b)&frameContinues != 0
 }

@@ -303,3 +303,87 @@ func TestSealedSegmentDamage(t *testing.T) {
 		checkRecords(t, l, int(second), 300-int(second))
 	})
 }
+
+// TestRecoveryCutsAPartialBatch: a batch whose last frame is missing after
+// a crash is cut whole, wherever inside it the store ends.
+func TestRecoveryCutsAPartialBatch(t *testing.T) {
+	const before, batch = 4, 5
+	write := func(t *testing.T) (string, Config, []int64, int64) {
+		dir := t.TempDir()
+		cfg := testConfig(SyncAlways)
+		cfg.MaxSegmentBytes = 1 << 20
+		l := openLog(t, dir, cfg)
+		appendN(t, l, 0, before)
+		recs := make([]Record, batch)
+		for i := range recs {
+			recs[i] = testRecord(before + i)
+		}
+		first, err := l.AppendBatch(recs)
+		must(t, err)
+		if first != before {
+			t.Fatalf("batch at %d, want %d", first, before)
+		}
+		var pos []int64
+		for i := range before + batch {
+			pos = append(pos, int64(l.active.idx.pos(uint32(i))))
+		}
+		end := l.active.size
+		must(t, l.Close())
+		return dir, cfg, pos, end
+	}
+	_, _, pos, end := write(t)
+	for cut := pos[before] + 1; cut < end; cut += 7 {
+		t.Run("store ends at "+itoa(cut), func(t *testing.T) {
+			dir, cfg, _, _ := write(t)
+			must(t, os.Truncate(segFile(dir, 0, storeExt), cut))
+			l := checkSurvivors(t, dir, cfg, before)
+			l.Close()
+		})
+	}
+	t.Run("whole batch kept", func(t *testing.T) {
+		dir, cfg, _, _ := write(t)
+		must(t, os.Truncate(segFile(dir, 0, indexExt), cfg.MaxIndexBytes)) // as a crash leaves it
+		l := checkSurvivors(t, dir, cfg, before+batch)
+		l.Close()
+	})
+}
+
+// TestBatchStaysInOneSegment: a batch that does not fit in the active
+// segment starts a new one, and no segment ends inside a batch.
+func TestBatchStaysInOneSegment(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(SyncAlways)
+	l := openLog(t, dir, cfg)
+	defer l.Close()
+	for b := 0; b < 40; b++ {
+		recs := make([]Record, 1+b%7)
+		for i := range recs {
+			recs[i] = Record{Value: bytes.Repeat([]byte{'v'}, 50+b*13%200)}
+		}
+		first, err := l.AppendBatch(recs)
+		must(t, err)
+		l.segsMu.RLock()
+		for _, s := range l.segs[1:] {
+			if s.base > first && s.base < first+uint64(len(recs)) {
+				t.Fatalf("segment %d starts inside batch [%d, %d)", s.base, first, first+uint64(len(recs)))
+			}
+		}
+		l.segsMu.RUnlock()
+	}
+	// A batch larger than a segment still goes in, across segments.
+	big := make([]Record, 60)
+	for i := range big {
+		big[i] = Record{Value: bytes.Repeat([]byte{'b'}, 100)}
+	}
+	if _, err := l.AppendBatch(big); err != nil {
+		t.Fatalf("batch larger than a segment: %v", err)
+	}
+	must(t, l.Close())
+	l2 := openLog(t, dir, cfg)
+	defer l2.Close()
+	recs, err := l2.ReadBatch(0, 1<<20, 1<<30)
+	must(t, err)
+	if uint64(len(recs)) != l2.NextOffset() {
+		t.Fatalf("read %d of %d records", len(recs), l2.NextOffset())
+	}
+}

@@ -48,7 +48,7 @@ func (tt *timeTracker) final(count uint32, end int64) (timeEntry, bool) {
 // scanResult is what scanning a store found.
 type scanResult struct {
 	positions []uint64    // position of each valid frame, in order
-	valid     int64       // bytes of the valid prefix
+	valid     int64       // bytes of the valid prefix, ending at a batch end
 	times     []timeEntry // the time index of the valid prefix
 	tracker   timeTracker // state after the valid prefix
 	torn      bool        // a torn tail follows the valid prefix
@@ -61,12 +61,14 @@ const scanChunk = 1 << 20
 // and that offsets run densely from base. It stops at the first frame that
 // does not hold: if nothing valid follows it, that is a torn tail (res.torn,
 // nil error); if a valid frame follows, the damage is before the tail and the
-// error wraps ErrCorrupt. Records found are passed to fn if it is not nil.
-func scanStore(f File, size int64, base uint64, fn func(Record)) (res scanResult, err error) {
+// error wraps ErrCorrupt. The valid prefix ends at the end of a batch: the
+// frames of a batch whose last frame is missing are part of the torn tail.
+func scanStore(f File, size int64, base uint64) (res scanResult, err error) {
 	res.tracker = newTimeTracker()
 	buf := make([]byte, 0, min(size, scanChunk))
 	var bufStart int64 // file position of buf[0]
 	pos := int64(0)
+	var pending []scanned // frames of a batch whose end is not seen yet
 	for pos < size {
 		at := int(pos - bufStart)
 		rec, n, derr := DecodeFrame(buf[at:])
@@ -96,7 +98,7 @@ func scanStore(f File, size int64, base uint64, fn func(Record)) (res scanResult
 			buf, bufStart = nb, pos
 			continue
 		}
-		want := base + uint64(len(res.positions))
+		want := base + uint64(len(res.positions)+len(pending))
 		if derr == nil && rec.Offset != want {
 			derr = corruptf("frame at %d holds offset %d, want %d", pos, rec.Offset, want)
 		}
@@ -112,18 +114,32 @@ func scanStore(f File, size int64, base uint64, fn func(Record)) (res scanResult
 			res.torn = true
 			return res, nil
 		}
-		rel := uint32(len(res.positions))
-		res.positions = append(res.positions, uint64(pos))
+		pending = append(pending, scanned{rec.Time, pos, pos + int64(n)})
 		pos += int64(n)
-		if e, ok := res.tracker.add(rec.Time, rel, pos); ok {
-			res.times = append(res.times, e)
+		if frameContinuesBatch(buf[at:]) {
+			continue // the batch is kept only if its last frame is there
 		}
+		for _, p := range pending {
+			rel := uint32(len(res.positions))
+			res.positions = append(res.positions, uint64(p.pos))
+			if e, ok := res.tracker.add(p.time, rel, p.end); ok {
+				res.times = append(res.times, e)
+			}
+		}
+		pending = pending[:0]
 		res.valid = pos
-		if fn != nil {
-			fn(rec)
-		}
+	}
+	if len(pending) > 0 {
+		// The store ends inside a batch: its last frame never made it.
+		res.torn = true
 	}
 	return res, nil
+}
+
+// scanned is a frame read by scanStore, held until its batch is complete.
+type scanned struct {
+	time     int64
+	pos, end int64
 }
 
 // findValidFrameAfter searches the store after a bad frame at bad for any

@@ -154,7 +154,7 @@ func (s *segment) openSealed(fsys FS, l *Log) error {
 	// Rebuild the index from the store.
 	l.logger.Warn("logcore: rebuilding index of sealed segment", "segment", s.path(indexExt), "index_bytes", idxSize, "want_bytes", want)
 	l.stats.indexRebuilds.Add(1)
-	sc, err := scanStore(store, storeSize, s.base, nil)
+	sc, err := scanStore(store, storeSize, s.base)
 	if err != nil && !errors.Is(err, errTorn) {
 		f.Close()
 		store.Close()
