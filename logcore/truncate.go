@@ -169,35 +169,59 @@ func (r *Reader) Read(p []byte) (int, error) {
 // each record in order. A damaged or cut-short stream is an error wrapping
 // ErrCorrupt; fn's error stops the reading and is returned.
 func ReadFrames(r io.Reader, fn func(Record) error) error {
-	hdr := make([]byte, frameHeaderSize)
-	var buf bytes.Buffer
+	fr := NewFrameReader(r)
 	for {
-		if _, err := io.ReadFull(r, hdr); err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return corruptf("frame header: %v", err)
+		rec, err := fr.Next()
+		if err == io.EOF {
+			return nil
 		}
-		n, err := frameLength(hdr)
 		if err != nil {
 			return err
 		}
-		// Grow the buffer as bytes arrive, so that a damaged length
-		// field costs no more memory than the stream holds.
-		buf.Reset()
-		buf.Write(hdr)
-		if got, err := io.CopyN(&buf, r, int64(n)); err != nil {
-			return corruptf("frame payload: %d of %d bytes: %v", got, n, err)
-		}
-		rec, _, err := DecodeFrame(buf.Bytes())
-		if err != nil {
-			return err
-		}
-		rec.Value = append([]byte(nil), rec.Value...)
 		if err := fn(rec); err != nil {
 			return err
 		}
 	}
+}
+
+// FrameReader decodes a stream of frames, as a Reader makes, one record at
+// a time. A damaged or cut-short stream is an error wrapping ErrCorrupt.
+type FrameReader struct {
+	r   io.Reader
+	hdr [frameHeaderSize]byte
+	buf bytes.Buffer
+}
+
+// NewFrameReader returns a FrameReader over r. It reads no more of r than
+// the frames it is asked for.
+func NewFrameReader(r io.Reader) *FrameReader { return &FrameReader{r: r} }
+
+// Next returns the next record, or io.EOF at a clean end of the stream.
+// The record's Value and Headers are the caller's.
+func (fr *FrameReader) Next() (Record, error) {
+	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+		if err == io.EOF {
+			return Record{}, io.EOF
+		}
+		return Record{}, corruptf("frame header: %v", err)
+	}
+	n, err := frameLength(fr.hdr[:])
+	if err != nil {
+		return Record{}, err
+	}
+	// Grow the buffer as bytes arrive, so that a damaged length field
+	// costs no more memory than the stream holds.
+	fr.buf.Reset()
+	fr.buf.Write(fr.hdr[:])
+	if got, err := io.CopyN(&fr.buf, fr.r, int64(n)); err != nil {
+		return Record{}, corruptf("frame payload: %d of %d bytes: %v", got, n, err)
+	}
+	rec, _, err := DecodeFrame(fr.buf.Bytes())
+	if err != nil {
+		return Record{}, err
+	}
+	rec.Value = append([]byte(nil), rec.Value...)
+	return rec, nil
 }
 
 // Reset removes every record and makes next the offset of the next append,
