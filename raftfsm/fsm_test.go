@@ -1,0 +1,272 @@
+package raftfsm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/natlog/natlog/logcore"
+)
+
+func fsmConfig(dir string, fs logcore.FS) FSMConfig {
+	lc := logcore.DefaultConfig()
+	lc.Sync = logcore.SyncNeverUnsafe
+	lc.MaxSegmentBytes = 8 << 10
+	lc.MaxIndexBytes = 12 * 1024
+	lc.FS = fs
+	lc.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return FSMConfig{Dir: dir, Log: lc, Logger: lc.Logger}
+}
+
+func openFSM(t testing.TB, cfg FSMConfig) *FSM {
+	t.Helper()
+	f, err := OpenFSM(cfg)
+	if err != nil {
+		t.Fatalf("OpenFSM: %v", err)
+	}
+	return f
+}
+
+// entry makes Raft entry index with one op per given op.
+func entry(t testing.TB, index uint64, now int64, ops ...Op) *raft.Log {
+	t.Helper()
+	b, err := EncodeCommand(&Command{Time: now, Ops: ops})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: b}
+}
+
+func appendOp(log string, values ...string) Op {
+	op := Op{Kind: OpAppend, Log: log, Settings: &LogSettings{}}
+	for _, v := range values {
+		op.Records = append(op.Records, Record{Value: []byte(v), Headers: []Header{{Key: "x", Value: v}}})
+	}
+	return op
+}
+
+func results(t testing.TB, v any) []Result {
+	t.Helper()
+	rs, ok := v.([]Result)
+	if !ok {
+		t.Fatalf("Apply returned %T %v, want []Result", v, v)
+	}
+	return rs
+}
+
+// values returns a log's record values, and checks the stored headers.
+func values(t testing.TB, f *FSM, name string) []string {
+	t.Helper()
+	l := f.Log(name)
+	if l == nil {
+		return nil
+	}
+	recs, err := l.ReadBatch(l.LowestOffset(), 1<<20, 1<<30)
+	if err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	var out []string
+	for _, r := range recs {
+		out = append(out, string(r.Value))
+	}
+	return out
+}
+
+func TestFSMApply(t *testing.T) {
+	f := openFSM(t, fsmConfig(t.TempDir(), logcore.OSFS{}))
+	defer f.Close()
+	const now = 1_700_000_000_000_000_000
+	rs := results(t, f.Apply(entry(t, 1, now, appendOp("orders", "a", "b"), appendOp("users", "u"))))
+	if rs[0].Err != nil || rs[0].First != 0 || rs[0].Count != 2 || rs[1].Err != nil || rs[1].Count != 1 {
+		t.Fatalf("results %+v", rs)
+	}
+	rec, err := f.Log("orders").Read(1)
+	if err != nil || rec.Time != now || string(rec.Value) != "b" {
+		t.Fatalf("record = %+v, %v; want the leader's time", rec, err)
+	}
+
+	cases := []struct {
+		name  string
+		op    Op
+		check func(t *testing.T, r Result)
+	}{
+		{"append to a missing log without settings", Op{Kind: OpAppend, Log: "nope", Records: []Record{{Value: []byte("x")}}}, func(t *testing.T, r Result) {
+			if !errors.Is(r.Err, ErrUnknownLog) {
+				t.Fatalf("err = %v, want ErrUnknownLog", r.Err)
+			}
+		}},
+		{"bad log name", appendOp("../etc", "x"), func(t *testing.T, r Result) {
+			if !errors.Is(r.Err, ErrBadCommand) {
+				t.Fatalf("err = %v, want ErrBadCommand", r.Err)
+			}
+		}},
+		{"expected offset holds", func() Op { o := appendOp("orders", "c"); e := uint64(2); o.Expected = &e; return o }(), func(t *testing.T, r Result) {
+			if r.Err != nil || r.First != 2 {
+				t.Fatalf("%+v", r)
+			}
+		}},
+		{"expected offset stale", func() Op { o := appendOp("orders", "d"); e := uint64(2); o.Expected = &e; return o }(), func(t *testing.T, r Result) {
+			var ee *ExpectedOffsetError
+			if !errors.As(r.Err, &ee) || ee.Next != 3 || !errors.Is(r.Err, ErrExpectedOffset) {
+				t.Fatalf("err = %v, want ExpectedOffsetError next 3", r.Err)
+			}
+		}},
+		{"first with a msg id", func() Op { o := appendOp("orders", "m1", "m2"); o.MsgID = "id-1"; return o }(), func(t *testing.T, r Result) {
+			if r.Err != nil || r.Duplicate || r.First != 3 {
+				t.Fatalf("%+v", r)
+			}
+		}},
+		{"same msg id again", func() Op { o := appendOp("orders", "zzz"); o.MsgID = "id-1"; return o }(), func(t *testing.T, r Result) {
+			if r.Err != nil || !r.Duplicate || r.First != 3 || r.Count != 2 {
+				t.Fatalf("%+v, want the first append's offsets", r)
+			}
+		}},
+		{"delete", Op{Kind: OpDelete, Log: "users"}, func(t *testing.T, r Result) {
+			if r.Err != nil || f.Log("users") != nil {
+				t.Fatalf("%+v; log still there: %v", r, f.Log("users") != nil)
+			}
+		}},
+		{"delete a missing log", Op{Kind: OpDelete, Log: "users"}, func(t *testing.T, r Result) {
+			if !errors.Is(r.Err, ErrUnknownLog) {
+				t.Fatalf("err = %v", r.Err)
+			}
+		}},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.check(t, results(t, f.Apply(entry(t, uint64(2+i), now+int64(i), tc.op)))[0])
+		})
+	}
+	if got := fmt.Sprint(values(t, f, "orders")); got != "[a b c m1 m2]" {
+		t.Fatalf("orders = %s", got)
+	}
+	if err, ok := f.Apply(&raft.Log{Index: 100, Type: raft.LogCommand, Data: []byte{0xc1}}).(error); !ok || !errors.Is(err, ErrBadCommand) {
+		t.Fatalf("garbage entry: %v", err)
+	}
+}
+
+// TestFSMReplayAfterCrashNeverDuplicates is proglog's 3 -> 6 -> 9 bug: a
+// restart replays Raft entries; the FSM must apply each exactly once, even
+// when the crash lost some of what it had applied (its logs do not fsync).
+func TestFSMReplayAfterCrashNeverDuplicates(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
+			mem := logcore.NewMemFS()
+			cfg := fsmConfig("/fsm", mem)
+			var entries []*raft.Log
+			for i := 1; i <= 60; i++ {
+				ops := []Op{appendOp("a", fmt.Sprint(i)), appendOp("b", fmt.Sprint(i), fmt.Sprint(i)+"'")}
+				if i == 30 {
+					ops = append(ops, Op{Kind: OpDelete, Log: "b"})
+				}
+				if i%7 == 0 {
+					o := appendOp("a", "dup")
+					o.MsgID = "same"
+					ops = append(ops, o)
+				}
+				entries = append(entries, entry(t, uint64(i), int64(i), ops...))
+			}
+			f := openFSM(t, cfg)
+			for i, e := range entries {
+				f.Apply(e)
+				if i == 39 {
+					must(t, f.Sync()) // as a snapshot would
+				}
+			}
+			want := fmt.Sprint(values(t, f, "a")) + fmt.Sprint(values(t, f, "b"))
+			if crash {
+				mem.Crash(logcore.CrashOptions{KeepUnsyncedPrefix: true, Seed: 3})
+			} else {
+				must(t, f.Close())
+			}
+			for round := range 3 {
+				f = openFSM(t, cfg)
+				for _, e := range entries { // Raft replays them all
+					f.Apply(e)
+				}
+				if got := fmt.Sprint(values(t, f, "a")) + fmt.Sprint(values(t, f, "b")); got != want {
+					t.Fatalf("round %d after replay:\n got %s\nwant %s", round, got, want)
+				}
+				must(t, f.Close())
+			}
+		})
+	}
+}
+
+// memSink is a raft.SnapshotSink in memory.
+type memSink struct {
+	bytes.Buffer
+	cancelled bool
+}
+
+func (s *memSink) ID() string    { return "test" }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+func (s *memSink) Close() error  { return nil }
+
+func TestFSMSnapshotRestore(t *testing.T) {
+	src := openFSM(t, fsmConfig(t.TempDir(), logcore.OSFS{}))
+	defer src.Close()
+	for i := 1; i <= 200; i++ {
+		ops := []Op{appendOp("a", fmt.Sprint(i)), appendOp(fmt.Sprintf("l%d", i%3), "x")}
+		if i == 150 {
+			o := appendOp("a", "with-id")
+			o.MsgID = "m-150"
+			ops = append(ops, o)
+		}
+		src.Apply(entry(t, uint64(i), int64(i), ops...))
+	}
+	snap, err := src.Snapshot()
+	must(t, err)
+	// Appends after the cut are not in the snapshot.
+	src.Apply(entry(t, 201, 201, appendOp("a", "after")))
+	var sink memSink
+	must(t, snap.Persist(&sink))
+	if sink.cancelled {
+		t.Fatal("snapshot cancelled")
+	}
+
+	dst := openFSM(t, fsmConfig(t.TempDir(), logcore.OSFS{}))
+	defer dst.Close()
+	dst.Apply(entry(t, 1, 1, appendOp("stale", "gone after restore")))
+	must(t, dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
+	if got := fmt.Sprint(dst.Logs()); got != "[a l0 l1 l2]" {
+		t.Fatalf("logs after restore = %s", got)
+	}
+	srcA, dstA := values(t, src, "a"), values(t, dst, "a")
+	if len(dstA) != 201 || fmt.Sprint(dstA) != fmt.Sprint(srcA[:201]) {
+		t.Fatalf("restored a has %d records, want the 201 of the cut", len(dstA))
+	}
+	// Replaying entries the snapshot covers does nothing; the dedup id
+	// came across; new entries apply.
+	dst.Apply(entry(t, 150, 150, appendOp("a", "150 again")))
+	o := appendOp("a", "retry")
+	o.MsgID = "m-150"
+	if r := results(t, dst.Apply(entry(t, 201, 201, o)))[0]; !r.Duplicate {
+		t.Fatalf("dedup id lost in the snapshot: %+v", r)
+	}
+	dst.Apply(entry(t, 202, 202, appendOp("a", "new")))
+	if got := values(t, dst, "a"); len(got) != 202 || got[201] != "new" {
+		t.Fatalf("after restore and append: %d records, last %q", len(got), got[len(got)-1])
+	}
+	// A damaged snapshot is refused and leaves the state as it was.
+	bad := append([]byte(nil), sink.Bytes()...)
+	bad[len(bad)/2] ^= 0xFF
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(bad))); err == nil {
+		t.Fatal("a damaged snapshot restored")
+	}
+	if got := values(t, dst, "a"); len(got) != 202 {
+		t.Fatalf("a failed restore changed the state: %d records", len(got))
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

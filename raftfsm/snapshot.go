@@ -1,0 +1,258 @@
+package raftfsm
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/natlog/natlog/logcore"
+)
+
+// A snapshot is a consistent cut of the FSM: for each log, its metadata and
+// its records from its lowest to its next offset at the moment Raft asked
+// for the snapshot. The stream is
+//
+//	[header length uint32 BE][header: msgpack snapshotHeader]
+//	then, for each log in the header's order, its records as logcore frames
+//
+// Persist streams the records straight from the logs (nothing is buffered
+// whole); Restore streams them into new logs beside the old ones and swaps
+// the directories, so a crash never leaves a half-restored state.
+
+const snapshotVersion = 1
+
+type snapshotHeader struct {
+	Version int           `msgpack:"v"`
+	Logs    []snapshotLog `msgpack:"l"`
+}
+
+type snapshotLog struct {
+	Name   string  `msgpack:"n"`
+	Meta   logMeta `msgpack:"m"`
+	Lowest uint64  `msgpack:"lo"`
+	Next   uint64  `msgpack:"nx"`
+}
+
+type cutSnapshot struct {
+	f      *FSM
+	header snapshotHeader
+	logs   []*logcore.Log
+}
+
+// Snapshot captures the cut. Raft calls it on the applying goroutine, so no
+// entry is applied meanwhile; Persist then runs concurrently with Apply.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion}}
+	for _, name := range sortedKeys(f.logs) {
+		fl := f.logs[name]
+		s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: fl.log.LowestOffset(), Next: fl.log.NextOffset()})
+		s.logs = append(s.logs, fl.log)
+	}
+	return s, nil
+}
+
+// Persist writes the snapshot. It first fsyncs the logs: once Raft has the
+// snapshot it may compact its log and will not replay those entries again.
+func (s *cutSnapshot) Persist(sink raft.SnapshotSink) error {
+	err := s.persist(sink)
+	if err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *cutSnapshot) persist(w io.Writer) error {
+	for _, l := range s.logs {
+		if err := l.Sync(); err != nil {
+			return fmt.Errorf("raftfsm: snapshot: sync %s: %w", l.Dir(), err)
+		}
+	}
+	bw := bufio.NewWriterSize(w, 256<<10)
+	hdr := mustMarshal(s.header)
+	if err := binary.Write(bw, binary.BigEndian, uint32(len(hdr))); err != nil {
+		return err
+	}
+	if _, err := bw.Write(hdr); err != nil {
+		return err
+	}
+	for i, l := range s.logs {
+		h := s.header.Logs[i]
+		if _, err := io.Copy(bw, l.NewReader(h.Lowest, h.Next)); err != nil {
+			return fmt.Errorf("raftfsm: snapshot of log %s: %w", h.Name, err)
+		}
+	}
+	return bw.Flush()
+}
+
+// Release is a no-op: the snapshot holds nothing but references.
+func (s *cutSnapshot) Release() {}
+
+// Restore replaces the FSM's state with a snapshot's. The new logs are built
+// under Dir/restore.tmp, marked complete, then swapped in for Dir/logs.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	tmp := f.path("restore.tmp")
+	if err := f.fs.RemoveAll(tmp); err != nil {
+		return err
+	}
+	if err := f.fs.MkdirAll(filepath.Join(tmp, "logs"), 0o755); err != nil {
+		return err
+	}
+	if err := f.buildFromSnapshot(bufio.NewReaderSize(rc, 256<<10), filepath.Join(tmp, "logs")); err != nil {
+		f.fs.RemoveAll(tmp)
+		return fmt.Errorf("raftfsm: restore: %w", err)
+	}
+	if err := writeFileAtomic(f.fs, filepath.Join(tmp, "COMPLETE"), nil); err != nil {
+		return err
+	}
+	if err := f.closeLogs(); err != nil {
+		f.cfg.Logger.Warn("raftfsm: closing logs before restore", "err", err)
+	}
+	if err := f.finishRestore(); err != nil {
+		return fmt.Errorf("raftfsm: restore: %w", err)
+	}
+	f.mu.Lock()
+	f.failed = map[string]error{}
+	f.mu.Unlock()
+	return f.openLogs()
+}
+
+// buildFromSnapshot writes the snapshot's logs under dir.
+func (f *FSM) buildFromSnapshot(r io.Reader, dir string) error {
+	var n uint32
+	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
+		return fmt.Errorf("snapshot header: %w", err)
+	}
+	if n > 64<<20 {
+		return fmt.Errorf("snapshot header of %d bytes", n)
+	}
+	hb := make([]byte, n)
+	if _, err := io.ReadFull(r, hb); err != nil {
+		return fmt.Errorf("snapshot header: %w", err)
+	}
+	var hdr snapshotHeader
+	if err := msgpack.Unmarshal(hb, &hdr); err != nil {
+		return fmt.Errorf("snapshot header: %w", err)
+	}
+	if hdr.Version != snapshotVersion {
+		return fmt.Errorf("snapshot version %d, want %d", hdr.Version, snapshotVersion)
+	}
+	fr := logcore.NewFrameReader(r)
+	for _, h := range hdr.Logs {
+		if !validName(h.Name) || h.Next < h.Lowest {
+			return fmt.Errorf("snapshot log %q: bad header", h.Name)
+		}
+		ldir := filepath.Join(dir, h.Name)
+		if err := f.fs.MkdirAll(ldir, 0o755); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(f.fs, filepath.Join(ldir, "meta"), mustMarshal(h.Meta)); err != nil {
+			return err
+		}
+		cfg := f.logConfig(h.Meta.Settings)
+		cfg.InitialOffset = h.Lowest
+		cfg.Sync = logcore.SyncNeverUnsafe
+		l, err := logcore.Open(filepath.Join(ldir, "segments"), cfg)
+		if err != nil {
+			return err
+		}
+		err = copyRecords(fr, l, h)
+		if err == nil {
+			err = l.Sync()
+		}
+		if cerr := l.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("snapshot log %s: %w", h.Name, err)
+		}
+	}
+	return nil
+}
+
+// copyRecords appends the next h.Next-h.Lowest records of the stream to l,
+// checking that they are the offsets the header promised.
+func copyRecords(fr *logcore.FrameReader, l *logcore.Log, h snapshotLog) error {
+	batch := make([]logcore.Record, 0, 512)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		_, err := l.AppendBatch(batch)
+		batch = batch[:0]
+		return err
+	}
+	for off := h.Lowest; off < h.Next; off++ {
+		rec, err := fr.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if rec.Offset != off {
+			return fmt.Errorf("record %d where %d was due", rec.Offset, off)
+		}
+		batch = append(batch, rec)
+		if len(batch) == cap(batch) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// finishRestore completes a restore whose new logs are complete (marked by
+// restore.tmp/COMPLETE), or discards an incomplete one. Every step is
+// repeatable, so a crash at any point is finished on the next open.
+func (f *FSM) finishRestore() error {
+	tmp := f.path("restore.tmp")
+	marker, err := f.fs.OpenFile(filepath.Join(tmp, "COMPLETE"), os.O_RDONLY, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return f.fs.RemoveAll(tmp)
+	}
+	if err != nil {
+		return err
+	}
+	marker.Close()
+	newLogs := filepath.Join(tmp, "logs")
+	if names, err := f.fs.ReadDir(tmp); err == nil && slices.Contains(names, "logs") {
+		old := f.path("logs.old")
+		if err := f.fs.RemoveAll(old); err != nil {
+			return err
+		}
+		if err := f.fs.Rename(f.path("logs"), old); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if err := f.fs.Rename(newLogs, f.path("logs")); err != nil {
+			return err
+		}
+		if err := f.fs.SyncDir(f.cfg.Dir); err != nil {
+			return err
+		}
+		if err := f.fs.RemoveAll(old); err != nil {
+			return err
+		}
+	}
+	if err := f.fs.RemoveAll(tmp); err != nil {
+		return err
+	}
+	return f.fs.SyncDir(f.cfg.Dir)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}
