@@ -111,7 +111,11 @@ func (s *Server) batchRecords(body []byte, msgID string) ([]logcore.Record, *pro
 			recs[i].Headers = append(recs[i].Headers, logcore.Header{Key: protocol.HeaderMsgID, Value: msgID})
 			slices.SortStableFunc(recs[i].Headers, func(a, b logcore.Header) int { return strings.Compare(a.Key, b.Key) })
 		}
-		if perr := s.checkRecord(&recs[i]); perr != nil {
+		perr := checkHeaders(recs[i].Headers)
+		if perr == nil {
+			perr = s.checkRecord(&recs[i])
+		}
+		if perr != nil {
 			perr.Description = "batch record " + strconv.Itoa(i) + ": " + perr.Description
 			return nil, perr
 		}

@@ -145,6 +145,9 @@ func (s *Server) httpAppendErr(w http.ResponseWriter, r *http.Request) *protocol
 			rec.Value = b.Value
 		}
 		rec.Headers = fromHeaders(b.Headers, "")
+		if perr := checkHeaders(rec.Headers); perr != nil {
+			return perr
+		}
 	}
 	if o.msgID != "" {
 		rec.Headers = append(rec.Headers, logcore.Header{Key: protocol.HeaderMsgID, Value: o.msgID})

@@ -107,6 +107,20 @@ func (s *Server) checkRecord(rec *logcore.Record) *protocol.Error {
 	return nil
 }
 
+// checkHeaders returns ErrMalformedBody unless every header can travel as
+// a NATS header (as it must, to come back on a single-record read).
+func checkHeaders(hs []logcore.Header) *protocol.Error {
+	for _, h := range hs {
+		if !protocol.ValidHeaderKey(h.Key) {
+			return protocol.Errorf(protocol.ErrMalformedBody, "header key %q is not a valid NATS header key", h.Key)
+		}
+		if !protocol.ValidHeaderValue(h.Value) {
+			return protocol.Errorf(protocol.ErrMalformedBody, "header %q: value contains CR or LF", h.Key)
+		}
+	}
+	return nil
+}
+
 // readOne returns the record at off.
 func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Error) {
 	e, perr := s.logs.lookup(name)

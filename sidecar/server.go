@@ -65,14 +65,14 @@ type Server struct {
 }
 
 // Start starts a node as cfg says and returns once it serves requests.
-func Start(cfg Config) (s *Server, err error) {
+func Start(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s = &Server{
+	s := &Server{
 		cfg:     cfg,
 		logger:  cfg.Logger,
 		started: time.Now(),
@@ -80,22 +80,27 @@ func Start(cfg Config) (s *Server, err error) {
 		waiters: make(chan struct{}, cfg.MaxWaiters),
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
-	if s.subjects, err = protocol.NewSubjects(cfg.Prefix); err != nil {
+	if err := s.start(); err != nil {
+		s.abort()
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			s.abort()
-		}
-	}()
+	return s, nil
+}
+
+// start acquires and starts everything; on error the caller aborts.
+func (s *Server) start() (err error) {
+	cfg := s.cfg
+	if s.subjects, err = protocol.NewSubjects(cfg.Prefix); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
+		return fmt.Errorf("data dir: %w", err)
 	}
 	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
-		return nil, err
+		return err
 	}
 	if s.nodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID); err != nil {
-		return nil, err
+		return err
 	}
 	s.logger = s.logger.With("node", s.nodeID)
 
@@ -104,18 +109,18 @@ func Start(cfg Config) (s *Server, err error) {
 	defaults.OnSync = s.metrics.onSync
 	defaults.Logger = s.logger
 	if s.logs, err = openManager(cfg.DataDir, defaults, cfg.DedupWindow, cfg.DedupMax, s.logger); err != nil {
-		return nil, err
+		return err
 	}
 	s.metrics.registerLogs(s.logs)
 
 	if cfg.NATSURL == "" {
 		if s.ns, err = startEmbedded(cfg, s.nodeID, s.logger); err != nil {
-			return nil, err
+			return err
 		}
 		s.natsURL = s.ns.ClientURL()
 	}
 	if s.nc, err = connect(cfg, s.ns, s.nodeID, s.logger); err != nil {
-		return nil, err
+		return err
 	}
 	if s.ns == nil {
 		s.natsURL = s.nc.ConnectedUrlRedacted()
@@ -126,17 +131,22 @@ func Start(cfg Config) (s *Server, err error) {
 		s.maxRecord = s.maxPayload - ReplyHeadroom
 	}
 	if err := s.addService(); err != nil {
-		return nil, err
+		return err
+	}
+	// Return only once the server has the subscriptions, so that a
+	// request sent after Start finds a responder.
+	if err := s.nc.FlushTimeout(10 * time.Second); err != nil {
+		return fmt.Errorf("NATS flush: %w", err)
 	}
 	if cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	s.ready.Store(true)
 	s.logger.Info("natlog: serving", "nats", s.natsURL, "http", s.httpURL, "prefix", s.subjects.Prefix(),
 		"data_dir", cfg.DataDir, "logs", len(s.logs.list()), "sync", cfg.Log.Sync.String())
-	return s, nil
+	return nil
 }
 
 // abort releases what a failed Start acquired.

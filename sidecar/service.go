@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"strconv"
@@ -158,8 +159,12 @@ func (c *call) reply(body []byte, hdr nats.Header) {
 	default:
 		err = c.req.Respond(body)
 	}
-	if err != nil {
-		c.s.logger.Debug("natlog: sending reply", "subject", c.req.Subject(), "err", err)
+	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		// Errors are replies, never silence: say why the reply could
+		// not be sent (bad headers, too large).
+		c.s.logger.Warn("natlog: sending reply", "subject", c.req.Subject(), "err", err)
+		c.async = true // micro's request already recorded an error
+		c.fail(protocol.Errorf(protocol.ErrInternal, "the reply could not be sent: %v", err))
 	}
 }
 

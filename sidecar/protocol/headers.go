@@ -1,5 +1,7 @@
 package protocol
 
+import "strings"
+
 // NATS headers natlog reads or writes. Header names are matched exactly
 // (nats.go's Header.Get is case-sensitive), in the spelling given here.
 const (
@@ -58,4 +60,26 @@ func Reserved(key string) bool {
 		return true
 	}
 	return false
+}
+
+// ValidHeaderKey reports whether k can be a NATS header key (and so the key
+// of a stored record header): printable ASCII (33 to 126) except
+// "(),/:;<=>?@[\]{} and the double quote, as nats.go requires.
+func ValidHeaderKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if c < 33 || c > 126 || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidHeaderValue reports whether v can be a NATS header value as given:
+// no CR or LF (nats.go would replace them with spaces).
+func ValidHeaderValue(v string) bool {
+	return !strings.ContainsAny(v, "\r\n")
 }
