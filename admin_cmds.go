@@ -1,0 +1,245 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// The commands that describe and manage logs: logs, info, status, create,
+// delete.
+
+func runLogs(args []string, stdout, stderr io.Writer) error {
+	var c client
+	fs := newFlagSet("logs", "", stderr)
+	c.register(fs)
+	if _, err := c.parse(fs, args, 0, "no arguments"); err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.close()
+	m, err := c.request(c.subjects.Logs(), nil, nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		fmt.Fprintf(stdout, "%s\n", m.Data)
+		return nil
+	}
+	var rep protocol.LogsReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return fmt.Errorf("bad logs reply: %v", err)
+	}
+	if len(rep.Logs) == 0 {
+		fmt.Fprintln(stdout, "no logs (an append creates one: natlog append LOG VALUE)")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOG\tRECORDS\tFIRST\tLAST\tSEGMENTS\tSIZE\tSYNC")
+	for _, l := range rep.Logs {
+		if l.Error != "" {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\tOUT OF SERVICE: %s\n", l.Log, l.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\t%s\n", l.Log, l.Records, l.FirstOffset, lastOffset(l), l.Segments, humanBytes(l.Bytes), l.Sync)
+	}
+	return tw.Flush()
+}
+
+func lastOffset(l protocol.LogInfo) string {
+	if l.LastOffset == nil {
+		return "-"
+	}
+	return fmt.Sprint(*l.LastOffset)
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func bound(n int64, human func(int64) string) string {
+	if n == 0 {
+		return "none"
+	}
+	return human(n)
+}
+
+func printInfo(w io.Writer, l protocol.LogInfo) {
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row("log", l.Log)
+	row("records", fmt.Sprint(l.Records))
+	row("first offset", fmt.Sprint(l.FirstOffset))
+	row("last offset", lastOffset(l))
+	row("next offset", fmt.Sprint(l.NextOffset))
+	row("segments", fmt.Sprint(l.Segments))
+	row("size", humanBytes(l.Bytes))
+	row("sync", l.Sync)
+	row("segment size", humanBytes(l.MaxSegmentBytes))
+	row("retention bytes", bound(l.RetentionBytes, humanBytes))
+	row("retention age", bound(l.RetentionAgeMs, func(ms int64) string { return (time.Duration(ms) * time.Millisecond).String() }))
+	row("retention segments", bound(int64(l.RetentionSegments), func(n int64) string { return fmt.Sprint(n) }))
+	row("created", time.Unix(0, l.Created).UTC().Format(time.RFC3339))
+	tw.Flush()
+}
+
+func runInfo(args []string, stdout, stderr io.Writer) error {
+	var c client
+	fs := newFlagSet("info", "LOG", stderr)
+	c.register(fs)
+	pos, err := c.parse(fs, args, 1, "LOG")
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.close()
+	m, err := c.request(c.subjects.Info(pos[0]), nil, nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		fmt.Fprintf(stdout, "%s\n", m.Data)
+		return nil
+	}
+	var l protocol.LogInfo
+	if err := json.Unmarshal(m.Data, &l); err != nil {
+		return fmt.Errorf("bad info reply: %v", err)
+	}
+	printInfo(stdout, l)
+	return nil
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	var c client
+	fs := newFlagSet("status", "", stderr)
+	c.register(fs)
+	if _, err := c.parse(fs, args, 0, "no arguments"); err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.close()
+	m, err := c.request(c.subjects.Status(), nil, nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		fmt.Fprintf(stdout, "%s\n", m.Data)
+		return nil
+	}
+	var st protocol.ClusterStatus
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		return fmt.Errorf("bad status reply: %v", err)
+	}
+	fmt.Fprintf(stdout, "node %s (%s, %s mode), natlog %s, up since %s\n", st.NodeID, st.State, st.Mode, st.Version,
+		time.Unix(0, st.StartedAt).UTC().Format(time.RFC3339))
+	fmt.Fprintf(stdout, "leader: %s  term: %d  commit index: %d  applied index: %d\n", st.Leader, st.Term, st.CommitIndex, st.AppliedIndex)
+	fmt.Fprintf(stdout, "logs: %d  subjects: %s.>  max record: %s\n", st.Logs, st.Prefix, humanBytes(st.MaxRecordBytes))
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tVOTER\tLAG\tADDRESS")
+	for _, p := range st.Peers {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", p.ID, p.State, p.Voter, p.LagIndex, p.Address)
+	}
+	return tw.Flush()
+}
+
+func runCreate(args []string, stdout, stderr io.Writer) error {
+	var c client
+	fs := newFlagSet("create", "LOG [settings]   (unset settings follow the node's defaults)", stderr)
+	c.register(fs)
+	segment := fs.String("segment-bytes", "", "size at which the log starts a new segment, e.g. 16MiB")
+	fsync := fs.String("fsync", "", "always, interval or never")
+	retBytes := fs.String("retention-bytes", "", "bound on the log's total size (0: none)")
+	retAge := fs.Duration("retention-age", -1, "age after which segments are removed (0: none)")
+	retSegs := fs.Int("retention-segments", -1, "bound on the number of segments (0: none)")
+	pos, err := c.parse(fs, args, 1, "LOG")
+	if err != nil {
+		return err
+	}
+	var s protocol.LogSettings
+	if *segment != "" {
+		n, err := parseSize(*segment)
+		if err != nil {
+			return fmt.Errorf("%w: --segment-bytes: %v", errUsage, err)
+		}
+		s.MaxSegmentBytes = &n
+	}
+	if *fsync != "" {
+		s.Sync = fsync
+	}
+	if *retBytes != "" {
+		n, err := parseSize(*retBytes)
+		if err != nil {
+			return fmt.Errorf("%w: --retention-bytes: %v", errUsage, err)
+		}
+		s.RetentionBytes = &n
+	}
+	if *retAge >= 0 {
+		ms := retAge.Milliseconds()
+		s.RetentionAgeMs = &ms
+	}
+	if *retSegs >= 0 {
+		s.RetentionSegments = retSegs
+	}
+	body, _ := json.Marshal(s)
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.close()
+	m, err := c.request(c.subjects.Create(pos[0]), body, nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		fmt.Fprintf(stdout, "%s\n", m.Data)
+		return nil
+	}
+	var l protocol.LogInfo
+	if err := json.Unmarshal(m.Data, &l); err != nil {
+		return fmt.Errorf("bad create reply: %v", err)
+	}
+	printInfo(stdout, l)
+	return nil
+}
+
+func runDelete(args []string, stdout, stderr io.Writer) error {
+	var c client
+	fs := newFlagSet("delete", "LOG", stderr)
+	c.register(fs)
+	pos, err := c.parse(fs, args, 1, "LOG")
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.close()
+	m, err := c.request(c.subjects.Delete(pos[0]), nil, nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		fmt.Fprintf(stdout, "%s\n", m.Data)
+		return nil
+	}
+	fmt.Fprintf(stdout, "%s: deleted\n", strings.TrimSpace(pos[0]))
+	return nil
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/sidecar"
+)
+
+// runServe runs a node until SIGINT or SIGTERM: the first stops it
+// gracefully (exit 0), a second exits at once.
+func runServe(args []string, stdout, stderr io.Writer) error {
+	cfg := sidecar.DefaultConfig()
+	cfg.Version = version
+	fs := newFlagSet("serve", "[flags]", stderr)
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the node's logs, node id and lock file")
+	fs.StringVar(&cfg.NodeID, "node-id", "", "the node's id (default: generated on first start and kept in the data dir)")
+	fs.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "first token(s) of every natlog subject, e.g. natlog.append.<log>")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", cfg.NATSListen, "host:port of the embedded nats-server (port 0: any free port)")
+	fs.StringVar(&cfg.NATSURL, "nats-url", "", "connect to this existing NATS server (comma-separated URLs) instead of embedding one")
+	fs.StringVar(&cfg.NATSConfigFile, "nats-config", "", "nats-server configuration file for the embedded server (TLS, accounts, leaf nodes, ...)")
+	fs.StringVar(&cfg.NATSCredsFile, "nats-creds", "", "credentials file for the node's NATS connection")
+	fs.StringVar(&cfg.NATSUser, "nats-user", "", "user for the node's NATS connection")
+	fs.StringVar(&cfg.NATSPassword, "nats-password", "", "password for the node's NATS connection")
+	fs.StringVar(&cfg.NATSToken, "nats-token", "", "token for the node's NATS connection")
+	fs.BoolVar(&cfg.NATSLog, "nats-log", false, "log the embedded nats-server's notices (its warnings and errors are always logged)")
+	httpListen := fs.String("http-listen", cfg.HTTPListen, `host:port of the HTTP endpoint (health, metrics, JSON gateway); "off" disables it`)
+	fsync := fs.String("fsync", "always", "when appends are fsynced: always (before each acknowledgement; durable),\ninterval (every --fsync-interval; UNSAFE: a crash loses up to one interval of acknowledged records),\nnever (left to the OS; UNSAFE)")
+	fs.DurationVar(&cfg.Log.SyncInterval, "fsync-interval", cfg.Log.SyncInterval, "fsync period with --fsync interval")
+	segment := fs.String("segment-bytes", "64MiB", "default size at which a log starts a new segment (B, KiB, MiB, GiB, KB, MB, GB)")
+	retBytes := fs.String("retention-bytes", "0", "default bound on a log's total size; oldest segments are removed beyond it (0: none)")
+	fs.DurationVar(&cfg.Log.Retention.MaxAge, "retention-age", 0, "default age after which a log's segments are removed, e.g. 168h (0: none)")
+	fs.IntVar(&cfg.Log.Retention.MaxSegments, "retention-segments", 0, "default bound on a log's number of segments (0: none)")
+	maxRecord := fs.String("max-record-bytes", "0", "largest record (value and headers) taken (0: the NATS max payload less 512 bytes)")
+	fs.DurationVar(&cfg.MaxReadWait, "max-read-wait", cfg.MaxReadWait, "longest a batch read may wait for records (long polling)")
+	fs.DurationVar(&cfg.DedupWindow, "dedup-window", cfg.DedupWindow, "how long Natlog-Msg-Id values are remembered (0 disables deduplication)")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for requests in flight")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	pos, err := parseFlags(fs, args, nil)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, pos)
+	}
+
+	if cfg.Log.Sync, err = logcore.ParseSyncPolicy(*fsync); err != nil {
+		return fmt.Errorf("%w: --fsync %q: want always, interval or never", errUsage, *fsync)
+	}
+	if cfg.Log.MaxSegmentBytes, err = parseSize(*segment); err != nil {
+		return fmt.Errorf("%w: --segment-bytes: %v", errUsage, err)
+	}
+	if cfg.Log.Retention.MaxBytes, err = parseSize(*retBytes); err != nil {
+		return fmt.Errorf("%w: --retention-bytes: %v", errUsage, err)
+	}
+	if cfg.MaxRecordBytes, err = parseSize(*maxRecord); err != nil {
+		return fmt.Errorf("%w: --max-record-bytes: %v", errUsage, err)
+	}
+	cfg.HTTPListen = *httpListen
+	if cfg.HTTPListen == "off" {
+		cfg.HTTPListen = ""
+	}
+	if cfg.NATSURL != "" && !flagSet(fs, "nats-listen") {
+		cfg.NATSListen = ""
+	}
+	logger, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	cfg.Logger = logger
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+
+	// Signals are caught before the node starts, so that one during
+	// startup is not lost.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	s, err := sidecar.Start(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "natlog %s serving: NATS %s, subjects %s.>, HTTP %s, data %s\n",
+		version, s.NATSURL(), s.Subjects().Prefix(), orNone(s.HTTPURL()), cfg.DataDir)
+
+	sig := <-sigs
+	logger.Info("natlog: signal received; shutting down (send another to exit at once)", "signal", sig.String())
+	go func() {
+		sig := <-sigs
+		logger.Error("natlog: second signal; exiting at once", "signal", sig.String())
+		os.Exit(1)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
+}
+
+// flagSet reports whether the named flag was given (on the command line or
+// in the environment).
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	_, env := os.LookupEnv(envName(name))
+	return set || env
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// parseSize parses a byte size: a number with an optional unit B, KB, MB,
+// GB (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) && (u.suffix != "B" || !strings.HasSuffix(strings.ToUpper(t), "IB")) {
+			t, mult = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || (n > 0 && n > (1<<62)/mult) {
+		return 0, errors.New("want a size such as 1048576, 64MiB or 1GB, got " + strconv.Quote(s))
+	}
+	return n * mult, nil
+}
