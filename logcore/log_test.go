@@ -454,3 +454,38 @@ func TestReset(t *testing.T) {
 		})
 	}
 }
+
+// TestTruncateFromInsideABatch: a cut inside a batch makes the record
+// before the cut the end of its batch, so that recovery keeps it.
+func TestTruncateFromInsideABatch(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
+			fs := NewMemFS()
+			cfg := testConfig(SyncAlways)
+			cfg.FS = fs
+			l := openLog(t, "/d", cfg)
+			recs := make([]Record, 10)
+			for i := range recs {
+				recs[i] = testRecord(i)
+			}
+			_, err := l.AppendBatch(recs)
+			must(t, err)
+			must(t, l.TruncateFrom(5))
+			checkRecords(t, l, 0, 5)
+			if crash {
+				l.mu.Lock()
+				fs.Crash(CrashOptions{})
+				l.mu.Unlock()
+				l.Close()
+			} else {
+				must(t, l.Close())
+			}
+			l = openLog(t, "/d", cfg)
+			defer l.Close()
+			if l.NextOffset() != 5 {
+				t.Fatalf("NextOffset = %d after reopen, want 5", l.NextOffset())
+			}
+			checkRecords(t, l, 0, 5)
+		})
+	}
+}

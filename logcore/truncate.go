@@ -2,6 +2,7 @@ package logcore
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,10 @@ func (l *Log) TruncateFrom(off uint64) error {
 		return l.failLocked(corruptf("segment %d has no index entry for offset %d", s.base, off))
 	}
 	cut := int64(s.idx.pos(rel))
+	var prev int64 = -1 // position of the frame that becomes the last one
+	if rel > 0 {
+		prev = int64(s.idx.pos(rel - 1))
+	}
 	s.deleted = true
 	closeErr := s.closeFiles()
 	s.fmu.Unlock()
@@ -88,7 +93,15 @@ func (l *Log) TruncateFrom(off uint64) error {
 	if err != nil {
 		return l.failLocked(err)
 	}
-	err = f.Truncate(cut)
+	// The frame before the cut may be continued by a frame of its batch
+	// that is being cut off: make it the end of its batch first, durably,
+	// so that recovery keeps it whether or not the truncation lands.
+	if prev >= 0 {
+		err = endBatchAt(f, prev, cut)
+	}
+	if err == nil {
+		err = f.Truncate(cut)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -280,4 +293,23 @@ func (l *Log) Reset(next uint64) error {
 	l.flushedNext.Store(next)
 	l.durable.Store(next)
 	return nil
+}
+
+// endBatchAt clears the continuation bit of the frame at [pos, end) of f,
+// rewriting its checksum, and fsyncs f if it changed anything.
+func endBatchAt(f File, pos, end int64) error {
+	b := make([]byte, end-pos)
+	if _, err := f.ReadAt(b, pos); err != nil {
+		return err
+	}
+	field := binary.BigEndian.Uint32(b)
+	if field&frameContinues == 0 {
+		return nil
+	}
+	binary.BigEndian.PutUint32(b, field&^frameContinues)
+	binary.BigEndian.PutUint32(b[4:], frameCRC(b[:4], b[frameHeaderSize:]))
+	if _, err := f.WriteAt(b[:frameHeaderSize], pos); err != nil {
+		return err
+	}
+	return f.Sync()
 }
