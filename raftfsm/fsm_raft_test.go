@@ -1,6 +1,7 @@
 package raftfsm
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -102,12 +103,14 @@ func state(t *testing.T, f *FSM) string {
 	return out
 }
 
+// applyN applies commands from to to, each with a msg id so that a retry
+// after a leadership change (an indefinite outcome) never duplicates.
 func applyN(t *testing.T, nodes []*fsmNode, from, to int) {
 	t.Helper()
 	for i := from; i < to; i++ {
-		var l *fsmNode
-		waitUntil(t, "a leader", func() bool { l = leaderOf(nodes); return l != nil })
-		ops := []Op{appendOp(fmt.Sprintf("log%d", i%2), fmt.Sprint(i))}
+		op := appendOp(fmt.Sprintf("log%d", i%2), fmt.Sprint(i))
+		op.MsgID = fmt.Sprintf("cmd-%d", i)
+		ops := []Op{op}
 		if i%10 == 0 {
 			o := appendOp("log0", "once")
 			o.MsgID = "every-tenth"
@@ -115,14 +118,23 @@ func applyN(t *testing.T, nodes []*fsmNode, from, to int) {
 		}
 		b, err := EncodeCommand(&Command{Time: int64(i), Ops: ops})
 		must(t, err)
-		f := l.raft.Apply(b, 5*time.Second)
-		if err := f.Error(); err != nil {
-			t.Fatalf("apply %d: %v", i, err)
-		}
-		for _, r := range f.Response().([]Result) {
-			if r.Err != nil {
-				t.Fatalf("apply %d: %v", i, r.Err)
+		for attempt := 0; ; attempt++ {
+			var l *fsmNode
+			waitUntil(t, "a leader", func() bool { l = leaderOf(nodes); return l != nil })
+			f := l.raft.Apply(b, 5*time.Second)
+			err := f.Error()
+			if (errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrNotLeader)) && attempt < 20 {
+				continue
 			}
+			if err != nil {
+				t.Fatalf("apply %d: %v", i, err)
+			}
+			for _, r := range f.Response().([]Result) {
+				if r.Err != nil {
+					t.Fatalf("apply %d: %v", i, r.Err)
+				}
+			}
+			break
 		}
 	}
 }
