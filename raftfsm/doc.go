@@ -3,6 +3,30 @@
 // natlog's own files, and the Raft transport over NATS. It knows nothing of
 // client subjects or request formats.
 //
+// # FSM
+//
+// FSM holds named logcore logs under Dir/logs/<name>/ (a metadata file
+// written once at creation, and the log's segments). A Raft entry's payload
+// is a Command (command.go): the leader's time and a list of ops (append,
+// create, delete), so that one entry carries many client requests. Apply is
+// deterministic: records are stamped with the command's time, and
+// Natlog-Msg-Id deduplication ages ids by that time too.
+//
+// Exactly once across restarts: the last record of every applied append
+// carries a Natlog-Raft-Index header, "<index>.<op>". On open, each log's
+// last record says which ops it already holds, and replayed entries at or
+// below that are skipped (logcore batches are atomic across a crash, so the
+// last record stands for its batch). The FSM's logs need no fsync of their
+// own (Raft's log holds the entries); Persist fsyncs them before a snapshot
+// is handed to Raft, the one point after which Raft stops replaying.
+// Raft should run with NoSnapshotRestoreOnStart: the FSM recovers from its
+// own files, and restart cost does not grow with the data.
+//
+// Snapshots (snapshot.go) are a consistent cut taken on the applying
+// goroutine (each log's lowest and next offset), streamed as a header and
+// the logs' frames; Restore builds the new logs beside the old ones and
+// swaps the directories, finishing an interrupted swap on the next open.
+//
 // # Raft log store
 //
 // LogStore implements raft.LogStore (and raft.MonotonicLogStore) on a
