@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -20,8 +21,13 @@ import (
 // counts records.
 
 func benchNode(b *testing.B) (*Server, *nats.Conn) {
+	return benchNodeSync(b, logcore.SyncAlways)
+}
+
+func benchNodeSync(b *testing.B, sync logcore.SyncPolicy) (*Server, *nats.Conn) {
 	cfg := testConfig(b)
 	cfg.Log.MaxIndexBytes = 12 << 20
+	cfg.Log.Sync = sync
 	s := startNode(b, cfg)
 	return s, connectTo(b, s)
 }
@@ -118,6 +124,17 @@ func BenchmarkAppendInflight256(b *testing.B) {
 	reportSyncs(b, s, b.N)
 }
 
+// BenchmarkAppendInflight256NoFsync is BenchmarkAppendInflight256 with
+// fsync left to the OS (NOT durable): the CPU cost of the request path,
+// without the disk.
+func BenchmarkAppendInflight256NoFsync(b *testing.B) {
+	_, nc := benchNodeSync(b, logcore.SyncNeverUnsafe)
+	b.ResetTimer()
+	el := pipeline(b, nc, b.N, 256, "natlog.append.bench", value100, nil, checkOK)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
+}
+
 // reportSyncs reports the fsyncs per record of the log "bench".
 func reportSyncs(b *testing.B, s *Server, records int) {
 	if e, ok := s.logs.get("bench"); ok {
@@ -125,9 +142,15 @@ func reportSyncs(b *testing.B, s *Server, records int) {
 	}
 }
 
-// BenchmarkAppendBatch100: batches of 100 100-byte records, 16 batches in
-// flight.
+// BenchmarkAppendBatch100: batches of 100 100-byte records, one at a time
+// and 64 in flight.
 func BenchmarkAppendBatch100(b *testing.B) {
+	for _, inflight := range []int{1, 64} {
+		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) { benchBatch(b, inflight) })
+	}
+}
+
+func benchBatch(b *testing.B, inflight int) {
 	s, nc := benchNode(b)
 	req := protocol.AppendBatchRequest{Records: make([]protocol.AppendRecord, 100)}
 	for i := range req.Records {
@@ -137,7 +160,7 @@ func BenchmarkAppendBatch100(b *testing.B) {
 	hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}
 	batches := max(b.N/100, 1)
 	b.ResetTimer()
-	el := pipeline(b, nc, batches, 16, "natlog.append.bench", body, hdr, checkOK)
+	el := pipeline(b, nc, batches, inflight, "natlog.append.bench", body, hdr, checkOK)
 	b.StopTimer()
 	b.ReportMetric(float64(batches*100)/el.Seconds(), "records/s")
 	reportSyncs(b, s, batches*100)
@@ -201,4 +224,27 @@ func BenchmarkReadBatch(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(records.Load())/el.Seconds(), "records/s")
+}
+
+// BenchmarkBareNATS256 is the ceiling the append benchmarks run under: the
+// same client, 256 requests in flight, against a responder on the same
+// embedded server that answers each request at once with a constant.
+func BenchmarkBareNATS256(b *testing.B) {
+	s, nc := benchNode(b)
+	resp, err := nats.Connect("", nats.InProcessServer(s.ns))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Close()
+	reply := []byte(`{"log":"bench","offset":0}`)
+	sub, err := resp.QueueSubscribe("bare.>", "q", func(m *nats.Msg) { m.Respond(reply) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	sub.SetPendingLimits(-1, -1)
+	resp.Flush()
+	b.ResetTimer()
+	el := pipeline(b, nc, b.N, 256, "bare.echo", value100, nil, checkOK)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
 }

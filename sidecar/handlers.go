@@ -41,25 +41,30 @@ func (s *Server) handleAppend(c *call) {
 			return
 		}
 	} else {
-		recs = []logcore.Record{{Value: c.req.Data(), Headers: fromHeaders(h, "")}}
+		c.one[0] = logcore.Record{Value: c.req.Data(), Headers: fromHeaders(h, "")}
+		recs = c.one[:]
 		if perr := s.checkRecord(&recs[0]); perr != nil {
 			c.fail(perr)
 			return
 		}
 	}
+	if o.msgID == "" && !o.hasExpected {
+		if e, ok := s.logs.get(name); ok {
+			for i := range recs {
+				if size := int64(logcore.FrameSize(&recs[i])); size > e.cfg.MaxSegmentBytes {
+					c.fail(protocol.Errorf(protocol.ErrPayloadTooLarge, "record of %d bytes on disk does not fit in log %q's segments of %d bytes", size, name, e.cfg.MaxSegmentBytes))
+					return
+				}
+			}
+			if c.admit() {
+				s.enqueue(e, &pendingAppend{c: c, recs: recs})
+			}
+			return
+		}
+	}
 	c.goAsync(func() {
 		res, perr := s.appendRecords(name, recs, o)
-		if perr != nil {
-			c.fail(perr)
-			return
-		}
-		if c.op == opAppend {
-			r := protocol.AppendReply{Log: name, Offset: res.first, Duplicate: res.duplicate}
-			c.reply(r.AppendJSON(make([]byte, 0, 48+len(name))), nil)
-			return
-		}
-		r := protocol.AppendBatchReply{Log: name, First: res.first, Last: res.first + uint64(res.count) - 1, Count: res.count, Duplicate: res.duplicate}
-		c.reply(r.AppendJSON(make([]byte, 0, 80+len(name))), nil)
+		s.replyAppend(c, name, res, perr)
 	})
 }
 

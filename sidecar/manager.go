@@ -58,6 +58,8 @@ type logEntry struct {
 	// requests that then fail with ErrClosed answer "unknown log".
 	deleted atomic.Bool
 	dedup   *dedup // nil when deduplication is off
+	// queue holds plain appends waiting for their commit round.
+	queue appendQueue
 }
 
 // openManager opens every log under dataDir/logs, recovering each (see

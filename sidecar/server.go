@@ -48,11 +48,14 @@ type Server struct {
 	maxPayload int64 // the NATS max payload
 	maxRecord  int64 // the largest record taken
 
-	sem      chan struct{} // worker slots: MaxInflight
-	waiters  chan struct{} // long-poll slots: MaxWaiters
-	inflight sync.WaitGroup
-	closeMu  sync.RWMutex // guards closing against inflight.Add
-	closing  bool
+	sem  chan struct{} // worker slots: MaxInflight
+	work chan task     // hands tasks to idle workers (unbuffered)
+	// workersDone is closed when the node has stopped: idle workers exit.
+	workersDone chan struct{}
+	waiters     chan struct{} // long-poll slots: MaxWaiters
+	inflight    sync.WaitGroup
+	closeMu     sync.RWMutex // guards closing against inflight.Add
+	closing     bool
 
 	// stopCtx is cancelled when Shutdown starts: long polls then answer
 	// with what they have.
@@ -73,11 +76,13 @@ func Start(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{
-		cfg:     cfg,
-		logger:  cfg.Logger,
-		started: time.Now(),
-		sem:     make(chan struct{}, cfg.MaxInflight),
-		waiters: make(chan struct{}, cfg.MaxWaiters),
+		cfg:         cfg,
+		logger:      cfg.Logger,
+		started:     time.Now(),
+		sem:         make(chan struct{}, cfg.MaxInflight),
+		work:        make(chan task),
+		workersDone: make(chan struct{}),
+		waiters:     make(chan struct{}, cfg.MaxWaiters),
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	if err := s.start(); err != nil {
@@ -152,6 +157,7 @@ func (s *Server) start() (err error) {
 // abort releases what a failed Start acquired.
 func (s *Server) abort() {
 	s.stopCancel()
+	close(s.workersDone)
 	if s.svc != nil {
 		s.svc.Stop()
 	}
@@ -242,6 +248,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("requests still in flight: %w", ctx.Err()))
 	}
+	close(s.workersDone)
 	if err := <-httpDone; err != nil {
 		errs = append(errs, fmt.Errorf("http: %w", err))
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -85,6 +86,9 @@ type call struct {
 	async      bool
 	slot       bool // holds a worker slot (s.sem)
 	done       bool // answered
+
+	one [1]logcore.Record // a single append's record, without an allocation
+	buf [96]byte          // room for a small reply
 }
 
 // handler wraps h as a micro handler.
@@ -99,10 +103,13 @@ func (s *Server) handler(o op, h func(*call)) micro.Handler {
 	})
 }
 
-// goAsync runs f on its own goroutine, once one of the MaxInflight worker
-// slots is free (until then the subscription's goroutine waits, and new
-// requests queue in the subscription).
-func (c *call) goAsync(f func()) {
+// admit takes one of the MaxInflight worker slots (waiting for one: until
+// then the subscription's goroutine waits, and new requests queue in the
+// subscription) and counts the call as in flight. After it the call is
+// answered off the subscription's goroutine, and whoever answers it calls
+// release and s.inflight.Done. It answers ErrUnavailable and returns false
+// if the node is shutting down.
+func (c *call) admit() bool {
 	s := c.s
 	s.sem <- struct{}{}
 	s.closeMu.RLock()
@@ -110,17 +117,61 @@ func (c *call) goAsync(f func()) {
 		s.closeMu.RUnlock()
 		<-s.sem
 		c.fail(protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down"))
-		return
+		return false
 	}
 	s.inflight.Add(1)
 	s.closeMu.RUnlock()
 	c.async, c.slot = true, true
-	go func() {
-		defer s.inflight.Done()
-		defer c.release()
-		defer c.recover()
-		f()
-	}()
+	return true
+}
+
+// goAsync runs f on a worker goroutine, once admitted.
+func (c *call) goAsync(f func()) {
+	if !c.admit() {
+		return
+	}
+	t := task{c: c, f: f}
+	select {
+	case c.s.work <- t: // an idle worker takes it
+	default:
+		go c.s.worker(t)
+	}
+}
+
+// task is a request's work for a worker.
+type task struct {
+	c *call
+	f func()
+}
+
+// workerIdle is how long a worker goroutine waits for more work before it
+// exits. Reusing workers saves starting a goroutine (and growing its
+// stack) per request.
+const workerIdle = 5 * time.Second
+
+// worker runs t, then the tasks goAsync hands it, until it has been idle
+// for workerIdle or the node has stopped.
+func (s *Server) worker(t task) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		s.runTask(t)
+		idle.Reset(workerIdle)
+		select {
+		case t = <-s.work:
+		case <-idle.C:
+			return
+		case <-s.workersDone:
+			return
+		}
+	}
+}
+
+func (s *Server) runTask(t task) {
+	defer s.inflight.Done()
+	defer t.c.release()
+	defer t.c.recover()
+	t.f()
 }
 
 // release gives back the call's worker slot (before a long wait, or at the
@@ -152,6 +203,8 @@ func (c *call) reply(body []byte, hdr nats.Header) {
 	}
 	var err error
 	switch {
+	case c.async && hdr == nil:
+		err = c.s.nc.Publish(reply, body)
 	case c.async:
 		err = c.s.nc.PublishMsg(&nats.Msg{Subject: reply, Data: body, Header: hdr})
 	case hdr != nil:

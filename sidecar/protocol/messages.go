@@ -308,6 +308,9 @@ func DecodeReadRequest(body []byte) (ReadRequest, error) {
 		if err != nil {
 			return req, malformed("read request", err)
 		}
+		if k != "offset" && r.isNil() {
+			continue // an absent optional field
+		}
 		switch k {
 		case "offset":
 			req.Offset, err = r.uint64()

@@ -312,6 +312,8 @@ func TestParseReadBody(t *testing.T) {
 		{"msgpack garbage", "\xc1", ContentTypeMsgpack, ReadRequest{}, false, true},
 		{"msgpack empty", "", ContentTypeMsgpack, ReadRequest{}, false, true},
 		{"msgpack negative", "\x81\xa3max\xff", ContentTypeMsgpack, ReadRequest{}, false, true},
+		{"msgpack nil optional", "\x82\xa6offset\x05\xa3max\xc0", ContentTypeMsgpack, ReadRequest{Offset: 5}, false, false},
+		{"msgpack nil offset", "\x81\xa6offset\xc0", ContentTypeMsgpack, ReadRequest{}, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
