@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
@@ -36,7 +37,7 @@ var value100 = bytes.Repeat([]byte("x"), 100)
 
 // BenchmarkAppendOneAtATime: one client, one 100-byte append at a time.
 func BenchmarkAppendOneAtATime(b *testing.B) {
-	_, nc := benchNode(b)
+	s, nc := benchNode(b)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	start := time.Now()
@@ -57,6 +58,18 @@ func BenchmarkAppendOneAtATime(b *testing.B) {
 	b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	reportFsync(b, s)
+}
+
+// reportFsync reports the mean fsync time of the run, to set the request
+// latencies against.
+func reportFsync(b *testing.B, s *Server) {
+	var m dto.Metric
+	if err := s.metrics.fsync.Write(&m); err != nil || m.Histogram.GetSampleCount() == 0 {
+		return
+	}
+	h := m.Histogram
+	b.ReportMetric(h.GetSampleSum()/float64(h.GetSampleCount())*1e6, "fsync-mean-µs")
 }
 
 // pipeline sends requests without waiting for each reply, keeping up to
@@ -122,6 +135,7 @@ func BenchmarkAppendInflight256(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
 	reportSyncs(b, s, b.N)
+	reportFsync(b, s)
 }
 
 // BenchmarkAppendInflight256NoFsync is BenchmarkAppendInflight256 with
@@ -164,6 +178,7 @@ func benchBatch(b *testing.B, inflight int) {
 	b.StopTimer()
 	b.ReportMetric(float64(batches*100)/el.Seconds(), "records/s")
 	reportSyncs(b, s, batches*100)
+	reportFsync(b, s)
 }
 
 // BenchmarkReadBatch: batched reads of 1000 100-byte records, 4 in flight,

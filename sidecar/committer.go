@@ -48,7 +48,7 @@ func (s *Server) enqueue(e *logEntry, p *pendingAppend) {
 	round := q.pending
 	q.pending = nil
 	q.mu.Unlock()
-	go s.commit(e, round)
+	s.spawn(task{f: func() { s.commit(e, round) }})
 }
 
 // commit writes one round, hands the requests that queued meanwhile to a
@@ -76,7 +76,11 @@ func (s *Server) commit(e *logEntry, round []*pendingAppend) {
 
 	firsts := make([]uint64, len(round))
 	errs := make([]*protocol.Error, len(round))
-	var recs []logcore.Record
+	total := 0
+	for _, p := range round {
+		total += len(p.recs)
+	}
+	recs := make([]logcore.Record, 0, total)
 	for i := 0; i < len(round); {
 		// A chunk of whole requests whose frames fit in a segment.
 		j, size := i, int64(0)
@@ -126,7 +130,7 @@ func (s *Server) nextRound(e *logEntry) {
 	next := q.pending
 	q.pending = nil
 	q.mu.Unlock()
-	go s.commit(e, next)
+	s.spawn(task{f: func() { s.commit(e, next) }})
 }
 
 // replyAppend answers an append.

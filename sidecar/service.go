@@ -130,15 +130,21 @@ func (c *call) goAsync(f func()) {
 	if !c.admit() {
 		return
 	}
-	t := task{c: c, f: f}
+	c.s.spawn(task{c: c, f: f})
+}
+
+// spawn runs t on an idle worker goroutine, or on a new one if none is
+// idle. Workers are reused so that their stacks, once grown, stay grown.
+func (s *Server) spawn(t task) {
 	select {
-	case c.s.work <- t: // an idle worker takes it
+	case s.work <- t:
 	default:
-		go c.s.worker(t)
+		go s.worker(t)
 	}
 }
 
-// task is a request's work for a worker.
+// task is work for a worker: a request's (c not nil: it is accounted and
+// answered if f panics) or the node's own (c nil).
 type task struct {
 	c *call
 	f func()
@@ -168,6 +174,10 @@ func (s *Server) worker(t task) {
 }
 
 func (s *Server) runTask(t task) {
+	if t.c == nil {
+		t.f()
+		return
+	}
 	defer s.inflight.Done()
 	defer t.c.release()
 	defer t.c.recover()
