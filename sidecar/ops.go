@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -51,14 +52,28 @@ func (s *Server) appendRecords(name string, recs []logcore.Record, o appendOpts)
 			}
 			return appendResult{first: d.first, count: d.count, duplicate: true}, nil
 		}
-		res, perr := s.appendTo(e, recs, o)
-		var ferr error
-		if perr != nil {
-			ferr = perr
-		}
-		e.dedup.finish(o.msgID, d, res.first, res.count, ferr)
-		return res, perr
+		return s.appendClaimed(e, recs, o, d)
 	}
+}
+
+// appendClaimed appends for the owner of a dedup claim and records the
+// outcome, also if the append panics (so that later appends with the id
+// never wait for it forever).
+func (s *Server) appendClaimed(e *logEntry, recs []logcore.Record, o appendOpts, d *dedupEntry) (res appendResult, perr *protocol.Error) {
+	finished := false
+	defer func() {
+		if !finished {
+			e.dedup.finish(o.msgID, d, 0, 0, errors.New("append did not complete"))
+		}
+	}()
+	res, perr = s.appendTo(e, recs, o)
+	var ferr error
+	if perr != nil {
+		ferr = perr
+	}
+	e.dedup.finish(o.msgID, d, res.first, res.count, ferr)
+	finished = true
+	return res, perr
 }
 
 // appendTo appends to an open log. Unconditional appends run concurrently

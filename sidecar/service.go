@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -226,14 +227,14 @@ func (c *call) reply(body []byte, hdr nats.Header) {
 		// Errors are replies, never silence: say why the reply could
 		// not be sent (bad headers, too large).
 		c.s.logger.Warn("natlog: sending reply", "subject", c.req.Subject(), "err", err)
-		c.async = true // micro's request already recorded an error
+		c.async = true // send the error reply directly
 		c.fail(protocol.Errorf(protocol.ErrInternal, "the reply could not be sent: %v", err))
 	}
 }
 
 // replyJSON answers with v in JSON.
 func (c *call) replyJSON(v any) {
-	b, err := jsonMarshal(v)
+	b, err := json.Marshal(v)
 	if err != nil {
 		c.fail(protocol.Errorf(protocol.ErrInternal, "encoding reply: %v", err))
 		return
