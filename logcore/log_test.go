@@ -364,7 +364,15 @@ func TestOffsetForTime(t *testing.T) {
 }
 
 func TestConcurrentAppendersAndReaders(t *testing.T) {
-	l := openLog(t, t.TempDir(), testConfig(SyncAlways))
+	for _, p := range []SyncPolicy{SyncAlways, SyncNeverUnsafe} {
+		t.Run(p.String(), func(t *testing.T) { concurrentAppendersAndReaders(t, p) })
+	}
+}
+
+func concurrentAppendersAndReaders(t *testing.T, policy SyncPolicy) {
+	cfg := testConfig(policy)
+	cfg.WriteBufferBytes = 1 << 10 // flushes in the middle of batches too
+	l := openLog(t, t.TempDir(), cfg)
 	defer l.Close()
 	const writers, each = 4, 150
 	var wg sync.WaitGroup
@@ -398,11 +406,18 @@ func TestConcurrentAppendersAndReaders(t *testing.T) {
 		aw.Add(1)
 		go func() {
 			defer aw.Done()
-			for i := range each {
-				if _, err := l.Append(Record{Value: []byte{byte(w), byte(i)}}); err != nil {
+			for i := 0; i < each; {
+				// Batches of 1 to 3 records.
+				n := min(1+i%3, each-i)
+				batch := make([]Record, n)
+				for j := range batch {
+					batch[j] = Record{Value: []byte{byte(w), byte(i + j)}}
+				}
+				if _, err := l.AppendBatch(batch); err != nil {
 					t.Error(err)
 					return
 				}
+				i += n
 			}
 		}()
 	}

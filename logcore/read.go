@@ -265,7 +265,10 @@ func (l *Log) ReadBatch(off uint64, maxRecords int, maxBytes int) ([]Record, err
 // readRun reads up to n records from off within one segment in one read,
 // bounded by budget bytes (but at least one record if first).
 func (l *Log) readRun(s *segment, off uint64, n int, budget int64, first bool) ([]Record, []byte, error) {
-	vis := l.visible.Load()
+	// Readable here means visible and in the file: under the weaker sync
+	// policies records become visible while still in the write buffer,
+	// and the caller flushed only up to the visible offset it saw.
+	vis := min(l.visible.Load(), l.flushedNext.Load())
 	rel := uint32(off - s.base)
 	var last uint64 // records in the segment readable now
 	if s.sealed.Load() {
