@@ -27,6 +27,16 @@
 // the logs' frames; Restore builds the new logs beside the old ones and
 // swaps the directories, finishing an interrupted swap on the next open.
 //
+// # Transport
+//
+// NewNATSTransport builds a raft.NetworkTransport on NATSStreamLayer, a
+// raft.StreamLayer over a *nats.Conn alone (see transport.go): a node's Raft
+// address is its node id, connections are pairs of subjects under
+// <prefix>._raft.<cluster>., data is chunked below the NATS max payload,
+// sequence-checked, flow-controlled by a credit window, and kept alive by
+// pings. Give it its own NATS connection, so client traffic cannot starve
+// heartbeats.
+//
 // # Raft log store
 //
 // LogStore implements raft.LogStore (and raft.MonotonicLogStore) on a
