@@ -161,6 +161,7 @@ func TestServeFlags(t *testing.T) {
 		{"serve", "--segment-bytes", "lots"},
 		{"serve", "--nats-url", "nats://x:4222", "--nats-config", "f.conf"},
 		{"serve", "extra"},
+		{"serve", "--nats-url", "nats://x:4222", "--nats-listen", "127.0.0.1:4333"},
 	} {
 		_, errOut, code := runCLI(t, "", "", bad...)
 		if code != 2 || !strings.Contains(errOut, "natlog serve:") {

@@ -72,7 +72,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if cfg.HTTPListen == "off" {
 		cfg.HTTPListen = ""
 	}
-	if cfg.NATSURL != "" && !flagSet(fs, "nats-listen") {
+	if cfg.NATSURL != "" {
+		if flagSet(fs, "nats-listen") {
+			return fmt.Errorf("%w: --nats-listen configures the embedded nats-server; with --nats-url there is none", errUsage)
+		}
 		cfg.NATSListen = ""
 	}
 	logger, err := newLogger(stderr, *logLevel, *logFormat)
