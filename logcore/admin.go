@@ -256,18 +256,7 @@ func (l *Log) removeOldest(n int) error {
 	l.segsMu.Unlock()
 	var errs []error
 	for _, s := range victims {
-		s.fmu.Lock()
-		s.deleted = true
-		errs = append(errs, s.closeFiles())
-		s.fmu.Unlock()
-		l.cacheRemove(s)
-		// Store last: a crash part way leaves at worst an index
-		// without a store, which Open removes.
-		for _, ext := range []string{storeExt, indexExt, timeIndexExt} {
-			if err := l.fs.Remove(s.path(ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-			}
-		}
+		errs = append(errs, l.deleteSegment(s))
 	}
 	errs = append(errs, l.fs.SyncDir(l.dir))
 	if err := errors.Join(errs...); err != nil {
@@ -355,4 +344,35 @@ func (l *Log) ApplyRetention() error {
 	l.logger.Info("logcore: retention removes segments", "dir", l.dir, "segments", n)
 	l.stats.retained.Add(int64(n))
 	return l.removeOldest(n)
+}
+
+// deleteSegment closes a segment's files, makes reads of it fail, and
+// removes its files, the store first: a crash part way leaves at worst an
+// index without a store, which Open removes. The caller syncs the directory.
+func (l *Log) deleteSegment(s *segment) error {
+	s.fmu.Lock()
+	s.deleted = true
+	err := s.closeFiles()
+	s.fmu.Unlock()
+	l.cacheRemove(s)
+	for _, ext := range []string{storeExt, indexExt, timeIndexExt} {
+		if rerr := l.fs.Remove(s.path(ext)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// lockAll takes the locks that keep every other writer out (structural
+// changes, fsync rounds, appends) and returns the function that releases
+// them.
+func (l *Log) lockAll() (unlock func()) {
+	l.adminMu.Lock()
+	l.syncMu.Lock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		l.syncMu.Unlock()
+		l.adminMu.Unlock()
+	}
 }

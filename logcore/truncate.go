@@ -3,7 +3,6 @@ package logcore
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -17,12 +16,7 @@ import (
 // returns. Appends that were waiting for an fsync of removed records fail
 // with ErrTruncated. It costs a scan of the segment that holds off.
 func (l *Log) TruncateFrom(off uint64) error {
-	l.adminMu.Lock()
-	defer l.adminMu.Unlock()
-	l.syncMu.Lock()
-	defer l.syncMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockAll()()
 	if err := l.writableLocked(); err != nil {
 		return err
 	}
@@ -69,18 +63,7 @@ func (l *Log) TruncateFrom(off uint64) error {
 	// Remove the later segments, newest first, so that a crash part way
 	// leaves a log that ends at a segment boundary.
 	for j := len(victims) - 1; j >= 0; j-- {
-		v := victims[j]
-		v.fmu.Lock()
-		v.deleted = true
-		err := v.closeFiles()
-		v.fmu.Unlock()
-		l.cacheRemove(v)
-		for _, ext := range []string{storeExt, indexExt, timeIndexExt} {
-			if rerr := l.fs.Remove(v.path(ext)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				err = errors.Join(err, rerr)
-			}
-		}
-		if err != nil {
+		if err := l.deleteSegment(victims[j]); err != nil {
 			return l.failLocked(err)
 		}
 	}
@@ -246,12 +229,7 @@ func (l *Log) Reset(next uint64) error {
 	if next > maxOffset {
 		return fmt.Errorf("%w: offset %d too large", ErrInvalidConfig, next)
 	}
-	l.adminMu.Lock()
-	defer l.adminMu.Unlock()
-	l.syncMu.Lock()
-	defer l.syncMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockAll()()
 	if err := l.writableLocked(); err != nil {
 		return err
 	}
@@ -260,17 +238,7 @@ func (l *Log) Reset(next uint64) error {
 	l.segsMu.Unlock()
 	// Oldest first, so that a crash leaves a suffix of the log.
 	for _, s := range old {
-		s.fmu.Lock()
-		s.deleted = true
-		err := s.closeFiles()
-		s.fmu.Unlock()
-		l.cacheRemove(s)
-		for _, ext := range []string{storeExt, indexExt, timeIndexExt} {
-			if rerr := l.fs.Remove(s.path(ext)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-				err = errors.Join(err, rerr)
-			}
-		}
-		if err != nil {
+		if err := l.deleteSegment(s); err != nil {
 			return l.failLocked(err)
 		}
 		if err := l.fs.SyncDir(l.dir); err != nil {
