@@ -16,6 +16,9 @@ import (
 // subscription's goroutine, answer bad requests at once, and run the
 // operation with goAsync. See docs/protocol.md.
 
+// jsonMarshal encodes a reply body.
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
 // handleAppend serves <prefix>.append.<log>: the body is one record's
 // value (its other headers stored with it), or with Content-Type
 // application/msgpack a protocol.AppendBatchRequest.

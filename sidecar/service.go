@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -234,7 +233,7 @@ func (c *call) reply(body []byte, hdr nats.Header) {
 
 // replyJSON answers with v in JSON.
 func (c *call) replyJSON(v any) {
-	b, err := json.Marshal(v)
+	b, err := jsonMarshal(v)
 	if err != nil {
 		c.fail(protocol.Errorf(protocol.ErrInternal, "encoding reply: %v", err))
 		return
