@@ -504,3 +504,57 @@ func TestTruncateFromInsideABatch(t *testing.T) {
 		})
 	}
 }
+
+// TestRetentionWhileReading runs background retention against concurrent
+// appends and readers: a reader may find its offset gone (out of range),
+// never anything else, and the log stays consistent.
+func TestRetentionWhileReading(t *testing.T) {
+	cfg := testConfig(SyncNeverUnsafe)
+	cfg.Retention = Retention{MaxSegments: 3}
+	cfg.RetentionCheckInterval = time.Millisecond
+	cfg.MaxOpenSegments = 2
+	l := openLog(t, t.TempDir(), cfg)
+	defer l.Close()
+	stop := make(chan struct{})
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := uint64(0); ; i++ {
+				select {
+				case <-stop:
+					errc <- nil
+					return
+				default:
+				}
+				off := l.LowestOffset() + i%7
+				var err error
+				if r == 0 {
+					_, err = l.Read(off)
+				} else {
+					_, err = l.ReadBatch(off, 50, 4<<10)
+				}
+				if err != nil && !errors.Is(err, ErrOffsetOutOfRange) {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	appendN(t, l, 0, 3000)
+	close(stop)
+	wg.Wait()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatalf("reader: %v", err)
+		}
+	}
+	must(t, l.ApplyRetention())
+	if info, _ := l.Info(); info.Segments > 3 {
+		t.Fatalf("%d segments after retention, want at most 3", info.Segments)
+	}
+	low := int(l.LowestOffset())
+	checkRecords(t, l, low, 3000-low)
+}
