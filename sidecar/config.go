@@ -80,6 +80,10 @@ type Config struct {
 	// subscriptions to drain before it stops waiting for them.
 	DrainTimeout time.Duration
 
+	// Cluster, if its Name is set, makes the node a member of a
+	// replicated cluster (see ClusterConfig).
+	Cluster ClusterConfig
+
 	// Logger receives the node's events; slog.Default() if nil.
 	Logger *slog.Logger
 	// Version is reported in status replies and the micro service; it
@@ -112,6 +116,7 @@ func DefaultConfig() Config {
 		DedupMax:       100_000,
 		DrainTimeout:   10 * time.Second,
 		Version:        "0.1.0-dev",
+		Cluster:        DefaultClusterConfig(),
 	}
 }
 
@@ -140,6 +145,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
 			bad("bad HTTP listen address %q: %v", c.HTTPListen, err)
 		}
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		bad("cluster: %v", err)
 	}
 	if err := c.Log.Validate(); err != nil {
 		bad("log defaults: %v", err)

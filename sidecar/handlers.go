@@ -49,7 +49,7 @@ func (s *Server) handleAppend(c *call) {
 			return
 		}
 	}
-	if o.msgID == "" && !o.hasExpected {
+	if o.msgID == "" && !o.hasExpected && s.logs != nil {
 		if e, ok := s.logs.get(name); ok {
 			for i := range recs {
 				if size := int64(logcore.FrameSize(&recs[i])); size > e.cfg.MaxSegmentBytes {

@@ -34,6 +34,9 @@ const maxMsgIDLen = 1024
 // appendRecords appends recs (one or more, atomically) to the log name,
 // creating the log if needed.
 func (s *Server) appendRecords(name string, recs []logcore.Record, o appendOpts) (appendResult, *protocol.Error) {
+	if s.cluster != nil {
+		return s.cluster.append(name, recs, o)
+	}
 	e, err := s.logs.getOrCreate(name)
 	if err != nil {
 		return appendResult{}, protocol.AsError(err)
@@ -136,13 +139,38 @@ func checkHeaders(hs []logcore.Header) *protocol.Error {
 	return nil
 }
 
+// readable is a log as reads see it: a standalone node's *logEntry, or a
+// replica's fsmLog.
+type readable interface {
+	reader() *logcore.Log
+	storageError(error) *protocol.Error
+}
+
+func (e *logEntry) reader() *logcore.Log { return e.log }
+
+// lookupRead returns the log name for reading.
+func (s *Server) lookupRead(name string) (readable, *protocol.Error) {
+	if s.cluster != nil {
+		fl, perr := s.cluster.lookup(name)
+		if perr != nil {
+			return nil, perr
+		}
+		return fl, nil
+	}
+	e, perr := s.logs.lookup(name)
+	if perr != nil {
+		return nil, perr
+	}
+	return e, nil
+}
+
 // readOne returns the record at off.
 func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Error) {
-	e, perr := s.logs.lookup(name)
+	e, perr := s.lookupRead(name)
 	if perr != nil {
 		return logcore.Record{}, perr
 	}
-	rec, err := e.log.Read(off)
+	rec, err := e.reader().Read(off)
 	if err != nil {
 		return logcore.Record{}, e.storageError(err)
 	}
@@ -154,10 +182,18 @@ func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Err
 // msgpack. release, if not nil, is called before waiting (to give back the
 // worker slot the caller holds).
 func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRequest, budget int, release func()) (protocol.ReadReply, *protocol.Error) {
-	e, perr := s.logs.lookup(name)
+	if req.MinOffset != nil || req.Linearizable {
+		if s.cluster == nil {
+			// A single node has applied everything it acknowledged.
+		} else if perr := s.cluster.catchUp(ctx, name, req.MinOffset, req.Linearizable, s.cfg.MaxReadWait); perr != nil {
+			return protocol.ReadReply{}, perr
+		}
+	}
+	re, perr := s.lookupRead(name)
 	if perr != nil {
 		return protocol.ReadReply{}, perr
 	}
+	log := re.reader()
 	max := req.Max
 	if max == 0 {
 		max = s.cfg.DefaultReadMax
@@ -167,31 +203,31 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 	if req.MaxBytes > 0 {
 		maxBytes = min(maxBytes, req.MaxBytes)
 	}
-	recs, err := e.log.ReadBatch(req.Offset, max, maxBytes)
+	recs, err := log.ReadBatch(req.Offset, max, maxBytes)
 	if err == nil && len(recs) == 0 && req.WaitMs > 0 && s.tryWaiter() {
 		if release != nil {
 			release()
 		}
 		wait := min(time.Duration(req.WaitMs)*time.Millisecond, s.cfg.MaxReadWait)
 		wctx, cancel := context.WithTimeout(ctx, wait)
-		werr := e.log.Wait(wctx, req.Offset)
+		werr := log.Wait(wctx, req.Offset)
 		cancel()
 		s.doneWaiter()
 		if werr == nil {
-			recs, err = e.log.ReadBatch(req.Offset, max, maxBytes)
+			recs, err = log.ReadBatch(req.Offset, max, maxBytes)
 		} else if ctx.Err() == nil && wctx.Err() == nil {
 			err = werr // the log closed: deleted, or the node is stopping
 		}
 	}
 	if err != nil {
-		return protocol.ReadReply{}, e.storageError(err)
+		return protocol.ReadReply{}, re.storageError(err)
 	}
 	rep := protocol.ReadReply{
 		Log:     name,
 		Records: make([]protocol.Record, 0, len(recs)),
 		Next:    req.Offset,
-		Lowest:  e.log.LowestOffset(),
-		End:     e.log.NextOffset(),
+		Lowest:  log.LowestOffset(),
+		End:     log.NextOffset(),
 	}
 	size := protocol.ReadReplyOverhead
 	for i := range recs {
@@ -265,6 +301,9 @@ func fromHeaders(h map[string][]string, skip string) []logcore.Header {
 
 // info describes the log name.
 func (s *Server) info(name string) (protocol.LogInfo, *protocol.Error) {
+	if s.cluster != nil {
+		return s.cluster.info(name)
+	}
 	e, perr := s.logs.lookup(name)
 	if perr != nil {
 		return protocol.LogInfo{}, perr
@@ -274,6 +313,9 @@ func (s *Server) info(name string) (protocol.LogInfo, *protocol.Error) {
 
 // listLogs describes every log.
 func (s *Server) listLogs() protocol.LogsReply {
+	if s.cluster != nil {
+		return s.cluster.listLogs()
+	}
 	rep := protocol.LogsReply{Logs: []protocol.LogInfo{}}
 	for _, e := range s.logs.list() {
 		if li, err := e.info(); err == nil {
@@ -289,6 +331,14 @@ func (s *Server) listLogs() protocol.LogsReply {
 
 // status describes the cluster: one node, the leader of itself.
 func (s *Server) status() protocol.ClusterStatus {
+	if s.cluster != nil {
+		cs := s.cluster.status()
+		cs.MaxRecordBytes = s.maxRecord
+		cs.Prefix = s.subjects.Prefix()
+		cs.Version = s.cfg.Version
+		cs.StartedAt = s.started.UnixNano()
+		return cs
+	}
 	return protocol.ClusterStatus{
 		NodeID:         s.nodeID,
 		Leader:         s.nodeID,
@@ -305,6 +355,9 @@ func (s *Server) status() protocol.ClusterStatus {
 
 // create creates the log name with its own settings (idempotently).
 func (s *Server) create(name string, settings protocol.LogSettings) (protocol.LogInfo, *protocol.Error) {
+	if s.cluster != nil {
+		return s.cluster.create(name, settings)
+	}
 	e, _, err := s.logs.create(name, settings, true)
 	if err != nil {
 		return protocol.LogInfo{}, protocol.AsError(err)
@@ -314,6 +367,9 @@ func (s *Server) create(name string, settings protocol.LogSettings) (protocol.Lo
 
 // deleteLog deletes the log name and its records.
 func (s *Server) deleteLog(name string) (protocol.DeleteReply, *protocol.Error) {
+	if s.cluster != nil {
+		return s.cluster.deleteLog(name)
+	}
 	if err := s.logs.delete(name); err != nil {
 		return protocol.DeleteReply{}, protocol.AsError(err)
 	}

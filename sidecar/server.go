@@ -33,8 +33,9 @@ type Server struct {
 	subjects protocol.Subjects
 	started  time.Time
 
-	lock    *os.File // the data dir's lock, held while running
-	logs    *manager
+	lock    *os.File     // the data dir's lock, held while running
+	logs    *manager     // the standalone node's logs; nil in cluster mode
+	cluster *clusterNode // replication; nil for a standalone node
 	metrics *metrics
 
 	ns      *server.Server // the embedded nats-server, or nil
@@ -113,10 +114,12 @@ func (s *Server) start() (err error) {
 	defaults := cfg.Log
 	defaults.OnSync = s.metrics.onSync
 	defaults.Logger = s.logger
-	if s.logs, err = openManager(cfg.DataDir, defaults, cfg.DedupWindow, cfg.DedupMax, s.logger); err != nil {
-		return err
+	if !cfg.Cluster.Enabled() {
+		if s.logs, err = openManager(cfg.DataDir, defaults, cfg.DedupWindow, cfg.DedupMax, s.logger); err != nil {
+			return err
+		}
+		s.metrics.registerLogs(s.logs)
 	}
-	s.metrics.registerLogs(s.logs)
 
 	if cfg.NATSURL == "" {
 		if s.ns, err = startEmbedded(cfg, s.nodeID, s.logger); err != nil {
@@ -135,6 +138,11 @@ func (s *Server) start() (err error) {
 	if s.maxRecord == 0 {
 		s.maxRecord = s.maxPayload - ReplyHeadroom
 	}
+	if cfg.Cluster.Enabled() {
+		if err := s.startCluster(); err != nil {
+			return err
+		}
+	}
 	if err := s.addService(); err != nil {
 		return err
 	}
@@ -150,7 +158,7 @@ func (s *Server) start() (err error) {
 	}
 	s.ready.Store(true)
 	s.logger.Info("natlog: serving", "nats", s.natsURL, "http", s.httpURL, "prefix", s.subjects.Prefix(),
-		"data_dir", cfg.DataDir, "logs", len(s.logs.list()), "sync", cfg.Log.Sync.String())
+		"data_dir", cfg.DataDir, "sync", cfg.Log.Sync.String())
 	return nil
 }
 
@@ -163,6 +171,9 @@ func (s *Server) abort() {
 	}
 	if s.httpSrv != nil {
 		s.httpSrv.Close()
+	}
+	if s.cluster != nil {
+		s.cluster.close()
 	}
 	if s.nc != nil {
 		s.nc.Close()
@@ -222,6 +233,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 
 	// Drain the endpoint subscriptions: requests NATS delivered are
 	// still handed to the handlers; no new ones arrive.
+	if s.cluster != nil {
+		s.cluster.stopServing()
+	}
 	if err := s.svc.Stop(); err != nil {
 		errs = append(errs, err)
 	}
@@ -253,8 +267,15 @@ func (s *Server) shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("http: %w", err))
 	}
 
-	if err := s.logs.close(); err != nil {
-		errs = append(errs, err)
+	if s.logs != nil {
+		if err := s.logs.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.cluster != nil {
+		if err := s.cluster.close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := s.nc.FlushTimeout(time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		s.logger.Debug("natlog: flushing replies", "err", err)
@@ -269,6 +290,21 @@ func (s *Server) shutdown(ctx context.Context) error {
 	}
 	s.logger.Info("natlog: stopped")
 	return errors.Join(errs...)
+}
+
+// Leave removes a cluster node from the cluster gracefully: it stops
+// announcing itself, hands leadership to another voter if it leads, and
+// has the leader remove it from the configuration. Call it before Shutdown.
+// A standalone node has nothing to leave.
+func (s *Server) Leave(ctx context.Context) error {
+	if s.cluster == nil {
+		return nil
+	}
+	timeout := 30 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	return s.cluster.leave(timeout)
 }
 
 // loadNodeID returns id if set, else the id stored in dir/node-id,

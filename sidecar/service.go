@@ -60,6 +60,9 @@ func (s *Server) addService() error {
 		{"status", s.subjects.Status(), opStatus, s.handleStatus},
 	}
 	for _, ep := range endpoints {
+		if s.cluster != nil && (ep.op == opAppend || ep.op == opCreate || ep.op == opDelete) {
+			continue // the leader subscribes these while it leads
+		}
 		err := svc.AddEndpoint(ep.name, s.handler(ep.op, ep.h),
 			micro.WithEndpointSubject(ep.subject),
 			micro.WithEndpointQueueGroup(queueGroup),

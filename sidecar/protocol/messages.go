@@ -57,6 +57,16 @@ type ReadRequest struct {
 	Max      int    `json:"max,omitempty" msgpack:"max,omitempty"`
 	MaxBytes int    `json:"max_bytes,omitempty" msgpack:"max_bytes,omitempty"`
 	WaitMs   int64  `json:"wait_ms,omitempty" msgpack:"wait_ms,omitempty"`
+	// MinOffset (cluster mode), if set, makes a replica wait (up to the
+	// node's max read wait) until it holds the record at MinOffset before
+	// it reads: read-your-writes for a client that appended it. A replica
+	// that does not get there in time answers ErrUnavailable.
+	MinOffset *uint64 `json:"min_offset,omitempty" msgpack:"min_offset,omitempty"`
+	// Linearizable (cluster mode) makes the replica confirm with the
+	// leader (a Raft barrier on the leader, the leader's commit index
+	// elsewhere) that it has applied everything committed before the read
+	// started. It costs a round trip to the leader.
+	Linearizable bool `json:"linearizable,omitempty" msgpack:"linearizable,omitempty"`
 }
 
 // Record is one record of a batch read reply.
@@ -138,7 +148,8 @@ type Peer struct {
 	Address  string `json:"address,omitempty"`
 	State    string `json:"state"` // "leader", "follower", "candidate", ...
 	Voter    bool   `json:"voter"`
-	LagIndex uint64 `json:"lag_index"` // how far its log is behind the leader's commit index
+	Role     string `json:"role,omitempty"` // "voter" or "nonvoter" (cluster mode)
+	LagIndex uint64 `json:"lag_index"`      // how far its log is behind the leader's commit index
 }
 
 // ClusterStatus answers the cluster status subject.
@@ -146,7 +157,8 @@ type ClusterStatus struct {
 	NodeID       string `json:"node_id"`
 	Leader       string `json:"leader"`
 	State        string `json:"state"` // this node's state
-	Mode         string `json:"mode"`  // "single" until replication exists
+	Mode         string `json:"mode"`  // "single" or "cluster"
+	Cluster      string `json:"cluster,omitempty"`
 	Term         uint64 `json:"term"`
 	CommitIndex  uint64 `json:"commit_index"`
 	AppliedIndex uint64 `json:"applied_index"`
@@ -280,8 +292,20 @@ func (r *ReadRequest) AppendMsgpack(b []byte) []byte {
 			n++
 		}
 	}
+	if r.MinOffset != nil {
+		n++
+	}
+	if r.Linearizable {
+		n++
+	}
 	b = appendMapLen(b, n)
 	b = appendUint(appendString(b, "offset"), r.Offset)
+	if r.MinOffset != nil {
+		b = appendUint(appendString(b, "min_offset"), *r.MinOffset)
+	}
+	if r.Linearizable {
+		b = appendBool(appendString(b, "linearizable"), true)
+	}
 	if r.Max != 0 {
 		b = appendInt(appendString(b, "max"), int64(r.Max))
 	}
@@ -322,6 +346,12 @@ func DecodeReadRequest(body []byte) (ReadRequest, error) {
 			var v int
 			v, err = r.int()
 			req.WaitMs = int64(v)
+		case "min_offset":
+			var v uint64
+			v, err = r.uint64()
+			req.MinOffset = &v
+		case "linearizable":
+			req.Linearizable, err = r.bool()
 		default:
 			err = unknownField(k)
 		}

@@ -265,6 +265,21 @@ func (r *reader) isNil() bool {
 	return false
 }
 
+// bool reads a msgpack boolean.
+func (r *reader) bool() (bool, error) {
+	c, err := r.byte1()
+	if err != nil {
+		return false, err
+	}
+	switch c {
+	case 0xc2:
+		return false, nil
+	case 0xc3:
+		return true, nil
+	}
+	return false, fmt.Errorf("want a boolean, found type byte 0x%02x", c)
+}
+
 // int64 reads any msgpack integer that fits an int64.
 func (r *reader) int64() (int64, error) {
 	c, err := r.byte1()

@@ -1,0 +1,542 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/raftfsm"
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// clusterNode is a node's replication: Raft (hashicorp/raft) with the
+// raftfsm FSM, stores and NATS transport, on a NATS connection of its own
+// (rnc) so that client traffic cannot starve heartbeats. Layout under the
+// data dir:
+//
+//	fsm/          the FSM's logs (raftfsm.FSM)
+//	raft/log/     the Raft log (raftfsm.LogStore)
+//	raft/stable   term and vote (raftfsm.StableStore)
+//	raft/snapshots/ raft.FileSnapshotStore
+//
+// Goroutines: run (announcements, bootstrap, leadership changes, membership
+// reconciliation) exits when stop is closed; the applier's rounds exit when
+// their Raft entry is decided. close waits for run.
+type clusterNode struct {
+	s      *Server
+	cfg    ClusterConfig
+	id     string
+	rnc    *nats.Conn
+	raft   *raft.Raft
+	fsm    *raftfsm.FSM
+	logs   *raftfsm.LogStore
+	stable *raftfsm.StableStore
+	trans  *raft.NetworkTransport
+
+	announceSubject string
+	leaveSubject    string
+	announceSub     *nats.Subscription
+	leaveSub        *nats.Subscription
+
+	applier applier
+
+	mu         sync.Mutex // guards seen, leaderSubs, leaving
+	seen       map[string]announcement
+	leaderSubs []*nats.Subscription // the leader-only endpoints, while leading
+	leaving    bool                 // stop announcing: a graceful leave
+
+	running bool          // run was started (set before, read after)
+	stop    chan struct{} // closed to stop run
+	done    chan struct{} // closed when run returns
+}
+
+// announcement is what a node publishes on <prefix>._cluster.<name>.announce.
+type announcement struct {
+	ID       string `json:"id"`
+	HasState bool   `json:"has_state"` // it has Raft state (never bootstraps)
+	Applied  uint64 `json:"applied"`   // its applied index, for lag
+	Leaving  bool   `json:"leaving,omitempty"`
+	at       time.Time
+}
+
+// startCluster opens the FSM and the Raft stores and starts Raft.
+func (s *Server) startCluster() (err error) {
+	cfg := s.cfg.Cluster
+	n := &clusterNode{s: s, cfg: cfg, id: s.nodeID, seen: map[string]announcement{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	n.applier.n = n
+	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
+	n.leaveSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".leave"
+	s.cluster = n
+	dir := s.cfg.DataDir
+
+	logCfg := s.cfg.Log
+	logCfg.Sync = logcore.SyncNeverUnsafe // the Raft log holds the entries; Persist fsyncs
+	logCfg.Retention = logcore.Retention{}
+	if n.fsm, err = raftfsm.OpenFSM(raftfsm.FSMConfig{
+		Dir: filepath.Join(dir, "fsm"),
+		Log: logCfg,
+		Defaults: raftfsm.LogSettings{
+			MaxSegmentBytes:   s.cfg.Log.MaxSegmentBytes,
+			RetentionBytes:    s.cfg.Log.Retention.MaxBytes,
+			RetentionAge:      int64(s.cfg.Log.Retention.MaxAge),
+			RetentionSegments: s.cfg.Log.Retention.MaxSegments,
+		},
+		DedupWindow: s.cfg.DedupWindow,
+		DedupMax:    s.cfg.DedupMax,
+		Logger:      s.logger,
+	}); err != nil {
+		return fmt.Errorf("open FSM: %w", err)
+	}
+	storeCfg := logcore.DefaultConfig()
+	storeCfg.Logger = s.logger
+	if n.logs, err = raftfsm.OpenLogStore(filepath.Join(dir, "raft", "log"), storeCfg); err != nil {
+		return fmt.Errorf("open raft log: %w", err)
+	}
+	if n.stable, err = raftfsm.OpenStableStore(filepath.Join(dir, "raft", "stable"), nil); err != nil {
+		return fmt.Errorf("open raft stable store: %w", err)
+	}
+	hl := raftLogger(cfg.RaftLogLevel, s.nodeID)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "raft"), 2, hl)
+	if err != nil {
+		return fmt.Errorf("open raft snapshots: %w", err)
+	}
+	if n.rnc, err = connect(s.cfg, s.ns, s.nodeID+" raft", s.logger); err != nil {
+		return fmt.Errorf("raft NATS connection: %w", err)
+	}
+	tc := raftfsm.DefaultTransportConfig(s.nodeID)
+	tc.Prefix = s.subjects.Prefix()
+	tc.Cluster = cfg.Name
+	tc.Logger = hl
+	if n.trans, err = raftfsm.NewNATSTransport(n.rnc, tc); err != nil {
+		return fmt.Errorf("raft transport: %w", err)
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(s.nodeID)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.NoSnapshotRestoreOnStart = true
+	rc.Logger = hl
+	hasState, err := raft.HasExistingState(n.logs, n.stable, snaps)
+	if err != nil {
+		return fmt.Errorf("raft state: %w", err)
+	}
+	cache, err := raft.NewLogCache(512, n.logs)
+	if err != nil {
+		return err
+	}
+	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, n.trans); err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	if n.announceSub, err = n.rnc.Subscribe(n.announceSubject, n.onAnnounce); err != nil {
+		return err
+	}
+	if n.leaveSub, err = n.rnc.QueueSubscribe(n.leaveSubject, queueGroup, n.onLeave); err != nil {
+		return err
+	}
+	for _, sub := range []*nats.Subscription{n.announceSub, n.leaveSub} {
+		sub.SetPendingLimits(-1, -1)
+	}
+	s.logger.Info("natlog: cluster mode", "cluster", cfg.Name, "raft_state", hasState,
+		"bootstrap_expect", cfg.BootstrapExpect, "voters", cfg.Voters)
+	n.running = true
+	go n.run(!hasState)
+	return nil
+}
+
+// raftLogger is hashicorp/raft's logger at level ("off" discards).
+func raftLogger(level, node string) hclog.Logger {
+	if level == "off" || level == "" {
+		return hclog.NewNullLogger()
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "raft " + node, Level: hclog.LevelFromString(level), Output: os.Stderr})
+}
+
+// run announces the node, bootstraps if it should, follows leadership
+// changes and, while leading, reconciles the membership.
+func (n *clusterNode) run(fresh bool) {
+	defer close(n.done)
+	tick := time.NewTicker(n.cfg.AnnounceInterval)
+	defer tick.Stop()
+	n.announce()
+	for {
+		if fresh && n.cfg.BootstrapExpect > 0 {
+			fresh = !n.tryBootstrap()
+		}
+		n.syncLeadership()
+		if n.raft.State() == raft.Leader {
+			n.reconcile()
+		}
+		select {
+		case <-n.stop:
+			return
+		case <-n.raft.LeaderCh():
+		case <-tick.C:
+			n.announce()
+		}
+	}
+}
+
+func (n *clusterNode) announce() {
+	n.mu.Lock()
+	leaving := n.leaving
+	n.mu.Unlock()
+	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving}
+	b, _ := json.Marshal(a)
+	if err := n.rnc.Publish(n.announceSubject, b); err != nil {
+		n.s.logger.Debug("natlog: announce", "err", err)
+	}
+}
+
+// hasState reports whether this node is in a Raft configuration or has
+// log entries (after which it never bootstraps).
+func (n *clusterNode) hasState() bool {
+	if n.raft.LastIndex() > 0 {
+		return true
+	}
+	f := n.raft.GetConfiguration()
+	return f.Error() == nil && len(f.Configuration().Servers) > 0
+}
+
+func (n *clusterNode) onAnnounce(m *nats.Msg) {
+	var a announcement
+	if err := json.Unmarshal(m.Data, &a); err != nil || !protocol.ValidLogName(a.ID) {
+		return
+	}
+	a.at = time.Now()
+	n.mu.Lock()
+	n.seen[a.ID] = a
+	n.mu.Unlock()
+}
+
+// recent returns the announcements heard within 3 announce intervals.
+func (n *clusterNode) recent() map[string]announcement {
+	cut := time.Now().Add(-3 * n.cfg.AnnounceInterval)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make(map[string]announcement, len(n.seen))
+	for id, a := range n.seen {
+		if a.at.After(cut) {
+			out[id] = a
+		}
+	}
+	return out
+}
+
+// tryBootstrap bootstraps the cluster if BootstrapExpect fresh nodes see
+// each other and this one has the lowest id. It returns true once
+// bootstrapping is no longer this node's business: it bootstrapped, it
+// has Raft state, or it saw a node with state.
+func (n *clusterNode) tryBootstrap() bool {
+	if n.hasState() {
+		return true
+	}
+	var fresh []string
+	for id, a := range n.recent() {
+		if a.HasState {
+			return true // a cluster exists: its leader will add us
+		}
+		fresh = append(fresh, id)
+	}
+	if !slices.Contains(fresh, n.id) || len(fresh) < n.cfg.BootstrapExpect {
+		return false
+	}
+	slices.Sort(fresh)
+	if fresh[0] != n.id {
+		return false
+	}
+	var conf raft.Configuration
+	for _, id := range fresh[:n.cfg.BootstrapExpect] {
+		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
+	}
+	if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		n.s.logger.Error("natlog: bootstrap failed", "err", err)
+		return false
+	}
+	n.s.logger.Info("natlog: bootstrapped the cluster", "voters", fresh[:n.cfg.BootstrapExpect])
+	return true
+}
+
+// syncLeadership holds the leader-only subscriptions while this node
+// leads, and drops them when it does not.
+func (n *clusterNode) syncLeadership() {
+	leading := n.raft.State() == raft.Leader
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if leading == (n.leaderSubs != nil) {
+		return
+	}
+	if !leading {
+		for _, sub := range n.leaderSubs {
+			sub.Unsubscribe()
+		}
+		n.leaderSubs = nil
+		n.s.logger.Info("natlog: lost leadership; appends go to the new leader")
+		return
+	}
+	subs, err := n.s.subscribeLeaderEndpoints()
+	if err != nil {
+		n.s.logger.Error("natlog: subscribing the leader endpoints", "err", err)
+		return
+	}
+	n.leaderSubs = subs
+	n.s.logger.Info("natlog: leading the cluster", "term", n.raft.Stats()["term"])
+}
+
+// reconcile adds announced nodes that are not members: voters up to
+// Voters, non-voters beyond; it promotes non-voters while voters are
+// missing.
+func (n *clusterNode) reconcile() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	members := map[string]raft.ServerSuffrage{}
+	voters := 0
+	for _, srv := range f.Configuration().Servers {
+		members[string(srv.ID)] = srv.Suffrage
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	rec := n.recent()
+	ids := make([]string, 0, len(rec))
+	for id := range rec {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if rec[id].Leaving {
+			continue
+		}
+		suf, member := members[id]
+		var fut raft.IndexFuture
+		switch {
+		case member && (suf == raft.Voter || voters >= n.cfg.Voters):
+			continue
+		case voters < n.cfg.Voters:
+			fut = n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
+			voters++
+		default:
+			fut = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
+		}
+		if err := fut.Error(); err != nil {
+			n.s.logger.Warn("natlog: adding a member", "node", id, "err", err)
+			return
+		}
+		n.s.logger.Info("natlog: added a member", "node", id, "voter", voters <= n.cfg.Voters && !member || suf == raft.Nonvoter)
+	}
+}
+
+// onLeave serves <prefix>._cluster.<name>.leave on the leader: the body is
+// the id of the node to remove.
+func (n *clusterNode) onLeave(m *nats.Msg) {
+	id := string(m.Data)
+	reply := func(err error) {
+		if m.Reply == "" {
+			return
+		}
+		if err != nil {
+			m.Respond([]byte("error: " + err.Error()))
+			return
+		}
+		m.Respond([]byte("ok"))
+	}
+	if n.raft.State() != raft.Leader {
+		reply(raft.ErrNotLeader)
+		return
+	}
+	if !protocol.ValidLogName(id) {
+		reply(fmt.Errorf("bad node id %q", id))
+		return
+	}
+	go func() {
+		n.mu.Lock()
+		if a, ok := n.seen[id]; ok {
+			a.Leaving = true
+			n.seen[id] = a
+		}
+		n.mu.Unlock()
+		err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyTimeout).Error()
+		if err == nil {
+			n.s.logger.Info("natlog: removed a member", "node", id)
+		}
+		reply(err)
+	}()
+}
+
+// removeMember asks the leader to remove id from the configuration.
+func (n *clusterNode) removeMember(id string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		m, err := n.rnc.Request(n.leaveSubject, []byte(id), time.Until(deadline))
+		if err == nil && string(m.Data) == "ok" {
+			return nil
+		}
+		if err == nil {
+			err = errors.New(string(m.Data))
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// leave is a graceful leave: stop announcing, hand leadership over if this
+// node leads, then have the leader remove it.
+func (n *clusterNode) leave(timeout time.Duration) error {
+	n.mu.Lock()
+	n.leaving = true
+	n.mu.Unlock()
+	n.announce()
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return f.Error()
+	}
+	servers := f.Configuration().Servers
+	if len(servers) <= 1 {
+		return nil // the last member: nothing to hand over
+	}
+	if n.raft.State() == raft.Leader {
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.s.logger.Warn("natlog: leadership transfer", "err", err)
+		}
+	}
+	return n.removeMember(n.id, timeout)
+}
+
+// stopServing stops the run goroutine and drains the leader-only
+// subscriptions: requests already delivered are still served (Raft is
+// still running), no new ones arrive. Idempotent.
+func (n *clusterNode) stopServing() {
+	select {
+	case <-n.stop:
+	default:
+		close(n.stop)
+	}
+	if !n.running {
+		return
+	}
+	<-n.done
+	n.mu.Lock()
+	for _, sub := range n.leaderSubs {
+		sub.Drain()
+	}
+	n.leaderSubs = nil
+	n.mu.Unlock()
+}
+
+// close shuts Raft down and closes the stores, the FSM and the Raft
+// connection.
+func (n *clusterNode) close() error {
+	n.stopServing()
+	var errs []error
+	if n.raft != nil {
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+		}
+	}
+	if n.trans != nil {
+		n.trans.Close()
+	}
+	if n.rnc != nil {
+		n.rnc.Close()
+	}
+	if n.fsm != nil {
+		if err := n.fsm.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if n.logs != nil {
+		if err := n.logs.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if n.stable != nil {
+		n.stable.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// status describes the cluster as this node sees it. Lag is computed from
+// the applied indexes nodes announce.
+func (n *clusterNode) status() protocol.ClusterStatus {
+	st := n.raft.Stats()
+	u := func(k string) uint64 { v, _ := strconv.ParseUint(st[k], 10, 64); return v }
+	_, leader := n.raft.LeaderWithID()
+	cs := protocol.ClusterStatus{
+		NodeID:       n.id,
+		Leader:       string(leader),
+		State:        stateName(n.raft.State()),
+		Mode:         "cluster",
+		Cluster:      n.cfg.Name,
+		Term:         u("term"),
+		CommitIndex:  u("commit_index"),
+		AppliedIndex: u("applied_index"),
+		Peers:        []protocol.Peer{},
+		Logs:         len(n.fsm.Logs()),
+	}
+	rec := n.recent()
+	f := n.raft.GetConfiguration()
+	if f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			id := string(srv.ID)
+			p := protocol.Peer{ID: id, Address: string(srv.Address), Voter: srv.Suffrage == raft.Voter, State: "follower"}
+			switch {
+			case id == string(leader):
+				p.State = "leader"
+			case id == n.id:
+				p.State = cs.State
+			}
+			if srv.Suffrage == raft.Nonvoter {
+				p.Role = "nonvoter"
+			} else {
+				p.Role = "voter"
+			}
+			applied := uint64(0)
+			if id == n.id {
+				applied = cs.AppliedIndex
+			} else if a, ok := rec[id]; ok {
+				applied = a.Applied
+			} else {
+				p.State = "unreachable"
+			}
+			if cs.CommitIndex > applied {
+				p.LagIndex = cs.CommitIndex - applied
+			}
+			cs.Peers = append(cs.Peers, p)
+		}
+	}
+	return cs
+}
+
+func stateName(s raft.RaftState) string {
+	switch s {
+	case raft.Leader:
+		return "leader"
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	case raft.Shutdown:
+		return "shutdown"
+	}
+	return s.String()
+}

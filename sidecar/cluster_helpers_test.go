@@ -1,0 +1,217 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// testCluster is natlog nodes in one process on one embedded nats-server,
+// each connected to it by URL as separate processes would be.
+type testCluster struct {
+	t     *testing.T
+	url   string
+	mu    sync.Mutex
+	nodes map[string]*Server
+	cfgs  map[string]Config
+}
+
+func newTestCluster(t *testing.T) *testCluster {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	tc := &testCluster{t: t, url: ns.ClientURL(), nodes: map[string]*Server{}, cfgs: map[string]Config{}}
+	t.Cleanup(func() {
+		for _, id := range tc.ids() {
+			tc.stop(id)
+		}
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return tc
+}
+
+// start starts node id (fresh, or on its data dir again).
+func (tc *testCluster) start(id string, expect int) *Server {
+	tc.t.Helper()
+	cfg, ok := tc.cfgs[id]
+	if !ok {
+		cfg = testConfig(tc.t)
+		cfg.NodeID = id
+		cfg.NATSURL = tc.url
+		cfg.NATSListen = ""
+		cfg.HTTPListen = ""
+		cfg.MaxReadWait = 5 * time.Second
+		cfg.Cluster = FastClusterConfig()
+		cfg.Cluster.Name = "test"
+		cfg.Cluster.BootstrapExpect = expect
+		cfg.Cluster.RaftLogLevel = "off"
+		tc.cfgs[id] = cfg
+	}
+	s, err := Start(cfg)
+	if err != nil {
+		tc.t.Fatalf("start %s: %v", id, err)
+	}
+	tc.mu.Lock()
+	tc.nodes[id] = s
+	tc.mu.Unlock()
+	return s
+}
+
+// stop shuts node id down (without leaving the cluster).
+func (tc *testCluster) stop(id string) {
+	tc.mu.Lock()
+	s := tc.nodes[id]
+	delete(tc.nodes, id)
+	tc.mu.Unlock()
+	if s == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		tc.t.Errorf("shutdown %s: %v", id, err)
+	}
+}
+
+func (tc *testCluster) node(id string) *Server {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.nodes[id]
+}
+
+func (tc *testCluster) ids() []string {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	var ids []string
+	for id := range tc.nodes {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// leader waits until the running nodes agree on a leader that is one of
+// them, and returns its id.
+func (tc *testCluster) leader() string {
+	tc.t.Helper()
+	var leader string
+	eventually(tc.t, 20*time.Second, "a leader all nodes agree on", func() bool {
+		leader = ""
+		for _, id := range tc.ids() {
+			st := tc.node(id).status()
+			if st.Leader == "" || leader != "" && st.Leader != leader {
+				return false
+			}
+			leader = st.Leader
+		}
+		return leader != "" && tc.node(leader) != nil && tc.node(leader).status().State == "leader"
+	})
+	return leader
+}
+
+// client connects to the cluster's NATS.
+func (tc *testCluster) client() *nats.Conn {
+	tc.t.Helper()
+	nc, err := nats.Connect(tc.url, nats.Timeout(5*time.Second))
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	tc.t.Cleanup(nc.Close)
+	return nc
+}
+
+// records returns the values of log name on node id, in offset order.
+func (tc *testCluster) records(id, name string) []string {
+	l := tc.node(id).cluster.fsm.Log(name)
+	if l == nil {
+		return nil
+	}
+	var out []string
+	for off := l.LowestOffset(); off < l.NextOffset(); off++ {
+		rec, err := l.Read(off)
+		if err != nil {
+			tc.t.Fatalf("%s: read %s@%d: %v", id, name, off, err)
+		}
+		out = append(out, string(rec.Value))
+	}
+	return out
+}
+
+// converged waits until every running node holds want in log name.
+func (tc *testCluster) converged(name string, want []string) {
+	tc.t.Helper()
+	eventually(tc.t, 20*time.Second, fmt.Sprintf("%d records of %s on every node", len(want), name), func() bool {
+		for _, id := range tc.ids() {
+			if !slices.Equal(tc.records(id, name), want) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// appendRetry appends value with msgID, retrying through elections (no
+// responders, not leader, unavailable, timeouts) as a client must.
+func appendRetry(t testing.TB, nc *nats.Conn, name, value, msgID string) (protocol.AppendReply, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.append." + name, Data: []byte(value),
+			Header: nats.Header{protocol.HeaderMsgID: {msgID}}}, 2*time.Second)
+		if err != nil {
+			if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) {
+				return protocol.AppendReply{}, err
+			}
+			last = err
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if e := protocol.ReplyError(m.Header, m.Data); e != nil {
+			if e.ErrCode != protocol.CodeNotLeader && e.ErrCode != protocol.CodeUnavailable {
+				return protocol.AppendReply{}, e
+			}
+			last = e
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		var r protocol.AppendReply
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			return r, err
+		}
+		return r, nil
+	}
+	return protocol.AppendReply{}, fmt.Errorf("append %s: gave up: %v", msgID, last)
+}
+
+// appendN appends values prefix-0 .. prefix-(n-1) one by one and returns
+// them.
+func appendN(t testing.TB, nc *nats.Conn, name, prefix string, n int) []string {
+	t.Helper()
+	var vals []string
+	for i := range n {
+		v := prefix + "-" + strconv.Itoa(i)
+		if _, err := appendRetry(t, nc, name, v, v); err != nil {
+			t.Fatal(err)
+		}
+		vals = append(vals, v)
+	}
+	return vals
+}

@@ -1,0 +1,449 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/raftfsm"
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// applier batches the leader's operations into Raft entries: operations
+// that arrive while MaxApplyInflight entries are in flight queue up, and
+// the next entry carries all of them (up to MaxEntryBytes), as the
+// standalone committer does with rounds. Each proposal gets its own
+// raftfsm.Result back.
+type applier struct {
+	n        *clusterNode
+	mu       sync.Mutex // guards pending, inflight
+	pending  []*proposal
+	inflight int
+}
+
+// proposal is one operation waiting for its entry.
+type proposal struct {
+	op   raftfsm.Op
+	size int
+	done chan proposalResult // buffered(1)
+}
+
+type proposalResult struct {
+	res raftfsm.Result
+	err error // the entry's failure (raft's), not the op's
+}
+
+// propose submits op and waits for its outcome.
+func (a *applier) propose(op raftfsm.Op) (raftfsm.Result, error) {
+	size := 64
+	for i := range op.Records {
+		size += len(op.Records[i].Value) + 16
+		for _, h := range op.Records[i].Headers {
+			size += len(h.Key) + len(h.Value) + 4
+		}
+	}
+	p := &proposal{op: op, size: size, done: make(chan proposalResult, 1)}
+	a.mu.Lock()
+	a.pending = append(a.pending, p)
+	if a.inflight < a.n.cfg.MaxApplyInflight {
+		a.inflight++
+		batch := a.take()
+		a.mu.Unlock()
+		go a.round(batch)
+	} else {
+		a.mu.Unlock()
+	}
+	r := <-p.done
+	return r.res, r.err
+}
+
+// take removes the next entry's proposals from pending; a.mu held.
+func (a *applier) take() []*proposal {
+	n, size := 0, 0
+	for n < len(a.pending) && (n == 0 || size+a.pending[n].size <= a.n.cfg.MaxEntryBytes) {
+		size += a.pending[n].size
+		n++
+	}
+	batch := a.pending[:n:n]
+	a.pending = a.pending[n:]
+	if len(a.pending) == 0 {
+		a.pending = nil
+	}
+	return batch
+}
+
+// round applies batch as one entry, answers it, and goes on with the
+// proposals that queued meanwhile.
+func (a *applier) round(batch []*proposal) {
+	for {
+		a.apply(batch)
+		a.mu.Lock()
+		if len(a.pending) == 0 {
+			a.inflight--
+			a.mu.Unlock()
+			return
+		}
+		batch = a.take()
+		a.mu.Unlock()
+	}
+}
+
+func (a *applier) apply(batch []*proposal) {
+	cmd := raftfsm.Command{Time: time.Now().UnixNano(), Ops: make([]raftfsm.Op, len(batch))}
+	for i, p := range batch {
+		cmd.Ops[i] = p.op
+	}
+	fail := func(err error) {
+		for _, p := range batch {
+			p.done <- proposalResult{err: err}
+		}
+	}
+	data, err := raftfsm.EncodeCommand(&cmd)
+	if err != nil {
+		fail(err)
+		return
+	}
+	f := a.n.raft.Apply(data, a.n.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		fail(err)
+		return
+	}
+	results, ok := f.Response().([]raftfsm.Result)
+	if !ok || len(results) != len(batch) {
+		err, _ := f.Response().(error)
+		fail(fmt.Errorf("the FSM answered %T for %d ops: %v", f.Response(), len(batch), err))
+		return
+	}
+	for i, p := range batch {
+		p.done <- proposalResult{res: results[i]}
+	}
+}
+
+// raftError turns the failure of a Raft Apply into a protocol error.
+func raftError(err error) *protocol.Error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
+		return protocol.Errorf(protocol.ErrNotLeader, "this node is not the leader; nothing was written; retry")
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return protocol.Errorf(protocol.ErrNotLeader, "leadership lost while committing: the outcome is indefinite (it may have been written); retry with the same Natlog-Msg-Id")
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return protocol.Errorf(protocol.ErrUnavailable, "raft is overloaded: nothing was written; retry")
+	}
+	return protocol.Errorf(protocol.ErrInternal, "raft: %v", err)
+}
+
+// resultError turns an op's raftfsm error into a protocol error.
+func resultError(name string, err error) *protocol.Error {
+	var eo *raftfsm.ExpectedOffsetError
+	switch {
+	case errors.As(err, &eo):
+		return protocol.Errorf(protocol.ErrExpectedOffset, "expected offset %d but log %q's next offset is %d", eo.Expected, name, eo.Next)
+	case errors.Is(err, raftfsm.ErrUnknownLog):
+		return protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)
+	case errors.Is(err, raftfsm.ErrBadCommand):
+		return protocol.Errorf(protocol.ErrBadRequest, "%v", err)
+	case errors.Is(err, raftfsm.ErrStorage):
+		return protocol.Errorf(protocol.ErrStorage, "log %q: %v", name, err)
+	}
+	return protocol.Errorf(protocol.ErrInternal, "log %q: %v", name, err)
+}
+
+// clusterAppend appends recs through Raft.
+func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (appendResult, *protocol.Error) {
+	op := raftfsm.Op{Kind: raftfsm.OpAppend, Log: name, MsgID: o.msgID, Settings: &raftfsm.LogSettings{},
+		Records: make([]raftfsm.Record, len(recs))}
+	if o.hasExpected {
+		exp := o.expected
+		op.Expected = &exp
+	}
+	for i, r := range recs {
+		op.Records[i].Value = r.Value
+		if len(r.Headers) > 0 {
+			hs := make([]raftfsm.Header, len(r.Headers))
+			for j, h := range r.Headers {
+				hs[j] = raftfsm.Header{Key: h.Key, Value: h.Value}
+			}
+			op.Records[i].Headers = hs
+		}
+	}
+	res, err := n.applier.propose(op)
+	if err != nil {
+		return appendResult{}, raftError(err)
+	}
+	if res.Err != nil {
+		return appendResult{}, resultError(name, res.Err)
+	}
+	return appendResult{first: res.First, count: len(recs), duplicate: res.Duplicate}, nil
+}
+
+// create creates a log through Raft.
+func (n *clusterNode) create(name string, settings protocol.LogSettings) (protocol.LogInfo, *protocol.Error) {
+	cfg, err := effectiveConfig(n.s.cfg.Log, settings)
+	if err != nil {
+		return protocol.LogInfo{}, protocol.AsError(err)
+	}
+	ls := &raftfsm.LogSettings{
+		MaxSegmentBytes:   cfg.MaxSegmentBytes,
+		RetentionBytes:    cfg.Retention.MaxBytes,
+		RetentionAge:      int64(cfg.Retention.MaxAge),
+		RetentionSegments: cfg.Retention.MaxSegments,
+	}
+	res, aerr := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpCreate, Log: name, Settings: ls})
+	if aerr != nil {
+		return protocol.LogInfo{}, raftError(aerr)
+	}
+	if res.Err != nil {
+		return protocol.LogInfo{}, resultError(name, res.Err)
+	}
+	return n.info(name)
+}
+
+// deleteLog deletes a log through Raft.
+func (n *clusterNode) deleteLog(name string) (protocol.DeleteReply, *protocol.Error) {
+	if n.fsm.Log(name) == nil {
+		return protocol.DeleteReply{}, protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)
+	}
+	res, err := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpDelete, Log: name})
+	if err != nil {
+		return protocol.DeleteReply{}, raftError(err)
+	}
+	if res.Err != nil {
+		return protocol.DeleteReply{}, resultError(name, res.Err)
+	}
+	return protocol.DeleteReply{Log: name, Deleted: true}, nil
+}
+
+// fsmLog is a replica's log as reads see it.
+type fsmLog struct {
+	name string
+	l    *logcore.Log
+}
+
+func (f fsmLog) reader() *logcore.Log { return f.l }
+
+func (f fsmLog) storageError(err error) *protocol.Error {
+	if errors.Is(err, logcore.ErrClosed) {
+		return protocol.Errorf(protocol.ErrUnavailable, "log %q was closed (deleted, restored from a snapshot, or the node is stopping); retry", f.name)
+	}
+	return storageError(f.name, err)
+}
+
+// lookup returns the replica's log name.
+func (n *clusterNode) lookup(name string) (fsmLog, *protocol.Error) {
+	l := n.fsm.Log(name)
+	if l == nil {
+		return fsmLog{}, protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)
+	}
+	return fsmLog{name: name, l: l}, nil
+}
+
+// info describes a replica's log.
+func (n *clusterNode) info(name string) (protocol.LogInfo, *protocol.Error) {
+	fl, perr := n.lookup(name)
+	if perr != nil {
+		return protocol.LogInfo{}, perr
+	}
+	in, err := fl.l.Info()
+	if err != nil {
+		return protocol.LogInfo{}, fl.storageError(err)
+	}
+	li := protocol.LogInfo{
+		Log:               name,
+		FirstOffset:       in.LowestOffset,
+		NextOffset:        in.NextOffset,
+		Records:           in.Records,
+		Segments:          in.Segments,
+		Bytes:             in.Bytes,
+		Sync:              "raft",
+		MaxSegmentBytes:   fl.l.Config().MaxSegmentBytes,
+		RetentionBytes:    in.Retention.MaxBytes,
+		RetentionAgeMs:    in.Retention.MaxAge.Milliseconds(),
+		RetentionSegments: in.Retention.MaxSegments,
+	}
+	if in.Records > 0 {
+		last := in.NextOffset - 1
+		li.LastOffset = &last
+	}
+	return li, nil
+}
+
+// listLogs describes the replica's logs.
+func (n *clusterNode) listLogs() protocol.LogsReply {
+	rep := protocol.LogsReply{Logs: []protocol.LogInfo{}}
+	for _, name := range n.fsm.Logs() {
+		if li, err := n.info(name); err == nil {
+			rep.Logs = append(rep.Logs, li)
+		}
+	}
+	for name, err := range n.fsm.Failed() {
+		rep.Logs = append(rep.Logs, protocol.LogInfo{Log: name, Error: err.Error()})
+	}
+	return rep
+}
+
+// catchUp makes a read wait (up to wait) until this replica holds the
+// record at minOffset of log name, and, if linearizable, until it has
+// applied what the leader had committed when the read began.
+func (n *clusterNode) catchUp(ctx context.Context, name string, minOffset *uint64, linearizable bool, wait time.Duration) *protocol.Error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if linearizable {
+		if perr := n.linearize(ctx); perr != nil {
+			return perr
+		}
+	}
+	if minOffset == nil {
+		return nil
+	}
+	for {
+		if l := n.fsm.Log(name); l != nil {
+			if l.NextOffset() > *minOffset {
+				return nil
+			}
+			err := l.Wait(ctx, *minOffset)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, logcore.ErrClosed) {
+				return protocol.Errorf(protocol.ErrUnavailable, "this replica does not hold offset %d of log %q yet; retry", *minOffset, name)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return protocol.Errorf(protocol.ErrUnavailable, "this replica does not hold offset %d of log %q yet; retry", *minOffset, name)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// linearize waits until this replica has applied everything committed
+// before the call: on the leader, a Raft barrier (which also confirms
+// leadership); on a follower, the leader's commit index, asked over NATS.
+func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
+	if n.raft.State() == raft.Leader {
+		dl, _ := ctx.Deadline()
+		if err := n.raft.Barrier(time.Until(dl)).Error(); err != nil {
+			return raftError(err)
+		}
+		return nil
+	}
+	m, err := n.rnc.RequestWithContext(ctx, n.s.subjects.Prefix()+"._cluster."+n.cfg.Name+".commit", nil)
+	if err != nil {
+		return protocol.Errorf(protocol.ErrUnavailable, "no leader confirmed the read: %v; retry", err)
+	}
+	var idx uint64
+	if _, err := fmt.Sscan(string(m.Data), &idx); err != nil {
+		return protocol.Errorf(protocol.ErrUnavailable, "leader: %s", m.Data)
+	}
+	for n.raft.AppliedIndex() < idx {
+		select {
+		case <-ctx.Done():
+			return protocol.Errorf(protocol.ErrUnavailable, "this replica has not applied index %d yet; retry", idx)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// onCommitIndex serves <prefix>._cluster.<name>.commit on the leader: a
+// barrier, then the applied index (which covers everything committed
+// before the request).
+func (n *clusterNode) onCommitIndex(m *nats.Msg) {
+	go func() {
+		if n.raft.State() != raft.Leader {
+			m.Respond([]byte("not leader"))
+			return
+		}
+		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+			m.Respond([]byte(err.Error()))
+			return
+		}
+		m.Respond(fmt.Appendf(nil, "%d", n.raft.AppliedIndex()))
+	}()
+}
+
+// subscribeLeaderEndpoints subscribes the endpoints only the leader
+// serves: append, create, delete, and the commit index of linearizable
+// reads. They are plain queue subscriptions (the micro framework cannot
+// drop an endpoint), served by the same handlers.
+func (s *Server) subscribeLeaderEndpoints() ([]*nats.Subscription, error) {
+	n := s.cluster
+	eps := []struct {
+		subject string
+		op      op
+		h       func(*call)
+	}{
+		{s.subjects.Wildcard(protocol.OpAppend), opAppend, s.handleAppend},
+		{s.subjects.Wildcard(protocol.OpCreate), opCreate, s.handleCreate},
+		{s.subjects.Wildcard(protocol.OpDelete), opDelete, s.handleDelete},
+	}
+	var subs []*nats.Subscription
+	for _, ep := range eps {
+		h := s.handler(ep.op, ep.h)
+		sub, err := s.nc.QueueSubscribe(ep.subject, queueGroup, func(m *nats.Msg) { h.Handle(natsRequest{m}) })
+		if err != nil {
+			for _, sub := range subs {
+				sub.Unsubscribe()
+			}
+			return nil, err
+		}
+		sub.SetPendingLimits(pendingMsgs, pendingBytes)
+		subs = append(subs, sub)
+	}
+	sub, err := n.rnc.QueueSubscribe(s.subjects.Prefix()+"._cluster."+n.cfg.Name+".commit", queueGroup, n.onCommitIndex)
+	if err != nil {
+		for _, sub := range subs {
+			sub.Unsubscribe()
+		}
+		return nil, err
+	}
+	subs = append(subs, sub)
+	s.nc.Flush()
+	return subs, nil
+}
+
+// natsRequest is a micro.Request on a plain NATS message.
+type natsRequest struct{ m *nats.Msg }
+
+var _ micro.Request = natsRequest{}
+
+func (r natsRequest) Respond(data []byte, opts ...micro.RespondOpt) error {
+	msg := &nats.Msg{Subject: r.m.Reply, Data: data}
+	for _, o := range opts {
+		o(msg)
+	}
+	return r.m.RespondMsg(msg)
+}
+
+func (r natsRequest) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return r.Respond(b, opts...)
+}
+
+func (r natsRequest) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	msg := &nats.Msg{Subject: r.m.Reply, Data: data, Header: nats.Header{}}
+	for _, o := range opts {
+		o(msg)
+	}
+	msg.Header.Set(micro.ErrorHeader, description)
+	msg.Header.Set(micro.ErrorCodeHeader, code)
+	return r.m.RespondMsg(msg)
+}
+
+func (r natsRequest) Data() []byte           { return r.m.Data }
+func (r natsRequest) Headers() micro.Headers { return micro.Headers(r.m.Header) }
+func (r natsRequest) Subject() string        { return r.m.Subject }
+func (r natsRequest) Reply() string          { return r.m.Reply }

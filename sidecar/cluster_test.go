@@ -1,0 +1,241 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+func TestClusterElectsReplicatesAndReads(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	leader := tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "v", 50)
+	tc.converged("orders", want)
+
+	// A batch append is one op: its records are consecutive.
+	batch := protocol.AppendBatchRequest{Records: []protocol.AppendRecord{{Value: []byte("b0")}, {Value: []byte("b1")}}}
+	m := request(t, nc, "natlog.append.orders", batch.AppendMsgpack(nil), nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
+	wantOK(t, m)
+	want = append(want, "b0", "b1")
+	tc.converged("orders", want)
+
+	// Reads: every node answers; min_offset waits for the record.
+	for range 6 {
+		m := request(t, nc, "natlog.read.orders", []byte("3"), nil)
+		wantOK(t, m)
+		if string(m.Data) != "v-3" {
+			t.Fatalf("read 3: %q", m.Data)
+		}
+	}
+	r, err := appendRetry(t, nc, "orders", "ryw", "ryw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(map[string]any{"offset": r.Offset, "min_offset": r.Offset, "max": 1})
+	for range 6 {
+		m := request(t, nc, "natlog.read.orders", body, nats.Header{protocol.HeaderAccept: {protocol.ContentTypeJSON}})
+		wantOK(t, m)
+		var rep protocol.ReadReply
+		if err := json.Unmarshal(m.Data, &rep); err != nil || len(rep.Records) != 1 || string(rep.Records[0].Value) != "ryw" {
+			t.Fatalf("read-your-writes read: %s (%v)", m.Data, err)
+		}
+	}
+	lin, _ := json.Marshal(map[string]any{"offset": 0, "linearizable": true})
+	for range 6 {
+		wantOK(t, request(t, nc, "natlog.read.orders", lin, nil))
+	}
+
+	// A retry with the same msg id is a duplicate, also on a new leader.
+	dup, err := appendRetry(t, nc, "orders", "ryw", "ryw")
+	if err != nil || !dup.Duplicate || dup.Offset != r.Offset {
+		t.Fatalf("retried append: %+v, %v", dup, err)
+	}
+
+	// Status from any node: three voters, one leader.
+	var st protocol.ClusterStatus
+	if err := json.Unmarshal(request(t, nc, "natlog.cluster.status", nil, nil).Data, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode != "cluster" || st.Leader != leader || len(st.Peers) != 3 || st.CommitIndex == 0 {
+		t.Fatalf("status: %+v", st)
+	}
+	for _, p := range st.Peers {
+		if !p.Voter || p.Role != "voter" {
+			t.Fatalf("peer %+v: want a voter", p)
+		}
+	}
+
+	// Create and delete go through Raft too.
+	wantOK(t, request(t, nc, "natlog.create.events", []byte(`{"max_segment_bytes":1048576}`), nil))
+	eventually(t, 10*time.Second, "events on every node", func() bool {
+		for _, id := range tc.ids() {
+			if tc.node(id).cluster.fsm.Log("events") == nil {
+				return false
+			}
+		}
+		return true
+	})
+	wantOK(t, request(t, nc, "natlog.delete.events", nil, nil))
+	eventually(t, 10*time.Second, "events gone from every node", func() bool {
+		for _, id := range tc.ids() {
+			if tc.node(id).cluster.fsm.Log("events") != nil {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestClusterLeaderKilledWhileAppending: clients append with msg ids and
+// retry; the leader is stopped mid-stream and later restarted. Every
+// acknowledged record is on every node exactly once, in the same order.
+func TestClusterLeaderKilledWhileAppending(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	old := tc.leader()
+	nc := tc.client()
+
+	const writers, perWriter = 4, 60
+	var wg sync.WaitGroup
+	acked := make(chan string, writers*perWriter)
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				v := "w" + strconv.Itoa(w) + "-" + strconv.Itoa(i)
+				if _, err := appendRetry(t, nc, "orders", v, v); err != nil {
+					errs <- err
+					return
+				}
+				acked <- v
+			}
+		}()
+	}
+	eventually(t, 20*time.Second, "some appends", func() bool { return len(acked) >= 40 })
+	tc.stop(old)
+	newLeader := tc.leader()
+	if newLeader == old {
+		t.Fatalf("leader %s did not change", old)
+	}
+	tc.start(old, 3)
+	wg.Wait()
+	close(acked)
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var got []string
+	for v := range acked {
+		got = append(got, v)
+	}
+	tc.leader()
+	eventually(t, 20*time.Second, "every node holding every acknowledged record once", func() bool {
+		var ref []string
+		for i, id := range tc.ids() {
+			recs := tc.records(id, "orders")
+			if i == 0 {
+				ref = recs
+			} else if !slices.Equal(recs, ref) {
+				return false
+			}
+		}
+		return len(ref) == len(got)
+	})
+	recs := tc.records(old, "orders")
+	sorted := slices.Clone(recs)
+	slices.Sort(sorted)
+	slices.Sort(got)
+	if !slices.Equal(sorted, got) {
+		t.Fatalf("records %d, acknowledged %d: not the same set (duplicates or losses)", len(recs), len(got))
+	}
+}
+
+// TestClusterMembership: a follower restarts and catches up; a fourth
+// node joins as a non-voter; a node leaves gracefully; all nodes restart
+// with nothing lost or duplicated.
+func TestClusterMembership(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	leader := tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "a", 20)
+	tc.converged("orders", want)
+
+	follower := "n1"
+	if follower == leader {
+		follower = "n2"
+	}
+	tc.stop(follower)
+	want = append(want, appendN(t, nc, "orders", "b", 20)...)
+	tc.start(follower, 3)
+	tc.converged("orders", want)
+
+	// A fourth node beyond --voters 3 joins as a non-voter, and catches up.
+	tc.start("n4", 3)
+	eventually(t, 20*time.Second, "n4 a non-voter", func() bool {
+		for _, p := range tc.node(tc.leader()).status().Peers {
+			if p.ID == "n4" {
+				return !p.Voter && p.Role == "nonvoter"
+			}
+		}
+		return false
+	})
+	tc.converged("orders", want)
+
+	// Graceful leave of the leader: leadership moves, and it is removed.
+	leader = tc.leader()
+	if err := tc.node(leader).Leave(t.Context()); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	tc.stop(leader)
+	eventually(t, 20*time.Second, "the leaver removed", func() bool {
+		for _, p := range tc.node(tc.leader()).status().Peers {
+			if p.ID == leader {
+				return false
+			}
+		}
+		return true
+	})
+	// The non-voter is promoted to keep three voters.
+	eventually(t, 20*time.Second, "three voters again", func() bool {
+		voters := 0
+		for _, p := range tc.node(tc.leader()).status().Peers {
+			if p.Voter {
+				voters++
+			}
+		}
+		return voters == 3
+	})
+	want = append(want, appendN(t, nc, "orders", "c", 10)...)
+	tc.converged("orders", want)
+
+	// Restart every node: nothing lost, nothing duplicated.
+	ids := tc.ids()
+	for _, id := range ids {
+		tc.stop(id)
+	}
+	for _, id := range ids {
+		tc.start(id, 3)
+	}
+	tc.leader()
+	tc.converged("orders", want)
+	want = append(want, appendN(t, nc, "orders", "d", 10)...)
+	tc.converged("orders", want)
+}
