@@ -3,7 +3,6 @@ package raftfsm
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -349,7 +348,7 @@ func (f *FSM) create(name string, s *LogSettings, index uint64) (*fsmLog, error)
 	if err := f.fs.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("%w: create %s: %v", ErrStorage, name, err)
 	}
-	if err := writeFileAtomic(f.fs, filepath.Join(dir, "meta"), mustMarshal(meta)); err != nil {
+	if err := logcore.WriteFileAtomic(f.fs, filepath.Join(dir, "meta"), mustMarshal(meta)); err != nil {
 		return nil, fmt.Errorf("%w: create %s: %v", ErrStorage, name, err)
 	}
 	fl, err := f.openLog(name, dir, meta)
@@ -476,20 +475,8 @@ func mustMarshal(v any) []byte {
 }
 
 func readMeta(fsys logcore.FS, name string) (logMeta, error) {
-	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
+	b, err := logcore.ReadFile(fsys, name, 1<<20)
 	if err != nil {
-		return logMeta{}, err
-	}
-	defer f.Close()
-	size, err := f.Size()
-	if err != nil {
-		return logMeta{}, err
-	}
-	if size > 1<<20 {
-		return logMeta{}, fmt.Errorf("metadata file of %d bytes", size)
-	}
-	b := make([]byte, size)
-	if _, err := f.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
 		return logMeta{}, err
 	}
 	var m logMeta
@@ -497,28 +484,4 @@ func readMeta(fsys logcore.FS, name string) (logMeta, error) {
 		return logMeta{}, fmt.Errorf("bad metadata: %w", err)
 	}
 	return m, nil
-}
-
-// writeFileAtomic replaces name with data: write a temporary file, fsync,
-// rename, fsync the directory.
-func writeFileAtomic(fsys logcore.FS, name string, data []byte) error {
-	tmp := name + ".tmp"
-	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteAt(data, 0)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err := fsys.Rename(tmp, name); err != nil {
-		return err
-	}
-	return fsys.SyncDir(filepath.Dir(name))
 }

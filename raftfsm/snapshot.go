@@ -114,7 +114,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.fs.RemoveAll(tmp)
 		return fmt.Errorf("raftfsm: restore: %w", err)
 	}
-	if err := writeFileAtomic(f.fs, filepath.Join(tmp, "COMPLETE"), nil); err != nil {
+	if err := logcore.WriteFileAtomic(f.fs, filepath.Join(tmp, "COMPLETE"), nil); err != nil {
 		return err
 	}
 	if err := f.closeLogs(); err != nil {
@@ -158,7 +158,7 @@ func (f *FSM) buildFromSnapshot(r io.Reader, dir string) error {
 		if err := f.fs.MkdirAll(ldir, 0o755); err != nil {
 			return err
 		}
-		if err := writeFileAtomic(f.fs, filepath.Join(ldir, "meta"), mustMarshal(h.Meta)); err != nil {
+		if err := logcore.WriteFileAtomic(f.fs, filepath.Join(ldir, "meta"), mustMarshal(h.Meta)); err != nil {
 			return err
 		}
 		cfg := f.logConfig(h.Meta.Settings)

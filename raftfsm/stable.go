@@ -104,23 +104,11 @@ func OpenStableStore(path string, fsys logcore.FS) (*StableStore, error) {
 // readStableFile reads the whole file at path, refusing one larger than
 // maxStableBytes (a damaged size must not cost memory).
 func readStableFile(fsys logcore.FS, path string) ([]byte, error) {
-	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
+	b, err := logcore.ReadFile(fsys, path, maxStableBytes)
+	if errors.Is(err, logcore.ErrCorrupt) {
+		return nil, fmt.Errorf("%w: %v", ErrStableCorrupt, err)
 	}
-	defer f.Close()
-	size, err := f.Size()
-	if err != nil {
-		return nil, err
-	}
-	if size > maxStableBytes {
-		return nil, fmt.Errorf("%w: %s is %d bytes, more than %d", ErrStableCorrupt, path, size, maxStableBytes)
-	}
-	b := make([]byte, size)
-	if n, err := f.ReadAt(b, 0); n < len(b) {
-		return nil, fmt.Errorf("read %s: %d of %d bytes: %w", path, n, size, err)
-	}
-	return b, nil
+	return b, err
 }
 
 // Set stores val under key, durably when it returns nil. An error from a
