@@ -149,14 +149,22 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if err := json.Unmarshal(m.Data, &st); err != nil {
 		return fmt.Errorf("bad status reply: %v", err)
 	}
-	fmt.Fprintf(stdout, "node %s (%s, %s mode), natlog %s, up since %s\n", st.NodeID, st.State, st.Mode, st.Version,
+	mode := st.Mode + " mode"
+	if st.Cluster != "" {
+		mode += " " + st.Cluster
+	}
+	fmt.Fprintf(stdout, "node %s (%s, %s), natlog %s, up since %s\n", st.NodeID, st.State, mode, st.Version,
 		time.Unix(0, st.StartedAt).UTC().Format(time.RFC3339))
 	fmt.Fprintf(stdout, "leader: %s  term: %d  commit index: %d  applied index: %d\n", st.Leader, st.Term, st.CommitIndex, st.AppliedIndex)
 	fmt.Fprintf(stdout, "logs: %d  subjects: %s.>  max record: %s\n", st.Logs, st.Prefix, humanBytes(st.MaxRecordBytes))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tVOTER\tLAG\tADDRESS")
+	fmt.Fprintln(tw, "PEER\tSTATE\tROLE\tLAG\tADDRESS")
 	for _, p := range st.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\n", p.ID, p.State, p.Voter, p.LagIndex, p.Address)
+		role := p.Role
+		if role == "" {
+			role = "voter"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", p.ID, p.State, role, p.LagIndex, p.Address)
 	}
 	return tw.Flush()
 }
@@ -241,5 +249,33 @@ func runDelete(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(stdout, "%s: deleted\n", strings.TrimSpace(pos[0]))
+	return nil
+}
+
+// runCluster runs the cluster administration subcommands.
+func runCluster(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "remove" {
+		return fmt.Errorf("%w: want natlog cluster remove NODE", errUsage)
+	}
+	var c client
+	fs := newFlagSet("cluster remove", "NODE   (remove a member that will not come back; a running node rejoins: stop it first)", stderr)
+	c.register(fs)
+	pos, err := c.parse(fs, args[1:], 1, "NODE")
+	if err != nil {
+		return err
+	}
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.close()
+	m, err := c.request(c.subjects.Prefix()+".cluster.remove", []byte(pos[0]), nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		fmt.Fprintf(stdout, "%s\n", m.Data)
+		return nil
+	}
+	fmt.Fprintf(stdout, "removed %s from the cluster\n", pos[0])
 	return nil
 }

@@ -92,19 +92,43 @@ func (c *client) request(subject string, data []byte, hdr nats.Header) (*nats.Ms
 }
 
 func (c *client) requestWithin(subject string, data []byte, hdr nats.Header, timeout time.Duration) (*nats.Msg, error) {
-	m, err := c.nc.RequestMsg(&nats.Msg{Subject: subject, Data: data, Header: hdr}, timeout)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		return nil, fmt.Errorf("no natlog node answers on %s at %s (is \"natlog serve\" running, with --prefix %s?)", subject, c.server, c.prefix)
-	case errors.Is(err, nats.ErrTimeout):
-		return nil, fmt.Errorf("no reply on %s within %s", subject, timeout)
-	case err != nil:
-		return nil, fmt.Errorf("request on %s: %w", subject, err)
+	// During a cluster's election no node holds the append subjects (no
+	// responders) or a deposed leader answers "not leader": retry with
+	// backoff within the timeout. A "not leader" whose outcome is
+	// indefinite is retried only with a Natlog-Msg-Id (which makes the
+	// retry safe).
+	deadline := time.Now().Add(timeout)
+	backoff := 20 * time.Millisecond
+	for {
+		m, err := c.nc.RequestMsg(&nats.Msg{Subject: subject, Data: data, Header: hdr}, time.Until(deadline))
+		retry := errors.Is(err, nats.ErrNoResponders)
+		if err == nil {
+			if e := protocol.ReplyError(m.Header, m.Data); e != nil {
+				if e.ErrCode != protocol.CodeNotLeader || !(hdr.Get(protocol.HeaderMsgID) != "" || strings.Contains(e.Description, "nothing was written")) {
+					return nil, replyError{e}
+				}
+				retry, err = true, replyError{e}
+			}
+		}
+		if retry && time.Now().Add(backoff).Before(deadline) {
+			time.Sleep(backoff)
+			backoff = min(2*backoff, 500*time.Millisecond)
+			continue
+		}
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			return nil, fmt.Errorf("no natlog node answers on %s at %s (is \"natlog serve\" running, with --prefix %s? a cluster without a leader?)", subject, c.server, c.prefix)
+		case errors.Is(err, nats.ErrTimeout):
+			return nil, fmt.Errorf("no reply on %s within %s", subject, timeout)
+		case err != nil:
+			var re replyError
+			if errors.As(err, &re) {
+				return nil, re
+			}
+			return nil, fmt.Errorf("request on %s: %w", subject, err)
+		}
+		return m, nil
 	}
-	if e := protocol.ReplyError(m.Header, m.Data); e != nil {
-		return nil, replyError{e}
-	}
-	return m, nil
 }
 
 // replyError prints a node's error reply for people.

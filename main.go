@@ -42,6 +42,7 @@ func init() {
 		{"logs", "list the logs", runLogs},
 		{"info", "describe a log: natlog info LOG", runInfo},
 		{"status", "show the cluster status", runStatus},
+		{"cluster", "administer a cluster: natlog cluster remove NODE", runCluster},
 		{"create", "create a log with its own settings: natlog create LOG [--segment-bytes N] ...", runCreate},
 		{"delete", "delete a log and all its records: natlog delete LOG", runDelete},
 		{"version", "print the version", func([]string, io.Writer, io.Writer) error { fmt.Println("natlog", version); return nil }},

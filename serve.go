@@ -45,6 +45,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	maxRecord := fs.String("max-record-bytes", "0", "largest record (value and headers) taken (0: the NATS max payload less 512 bytes)")
 	fs.DurationVar(&cfg.MaxReadWait, "max-read-wait", cfg.MaxReadWait, "longest a batch read may wait for records (long polling)")
 	fs.DurationVar(&cfg.DedupWindow, "dedup-window", cfg.DedupWindow, "how long Natlog-Msg-Id values are remembered (0 disables deduplication)")
+	fs.StringVar(&cfg.Cluster.Name, "cluster", "", "run as a member of the replicated cluster of this name (Raft over NATS; nodes with the same\n--prefix and --cluster on one NATS system find each other); empty: a standalone node")
+	fs.IntVar(&cfg.Cluster.BootstrapExpect, "bootstrap-expect", 0, "with --cluster: fresh nodes wait until this many see each other, then the lowest id bootstraps\nthe cluster with all of them as voters (0: never bootstrap, wait to be added; a node with Raft state never bootstraps)")
+	fs.IntVar(&cfg.Cluster.Voters, "voters", cfg.Cluster.Voters, "with --cluster: voters the leader keeps; nodes beyond join as non-voting read replicas")
+	raftTimeout := fs.Duration("raft-timeout", cfg.Cluster.HeartbeatTimeout, "with --cluster: Raft heartbeat and election timeout (leader lease: half of it); short values suit one host")
+	fs.DurationVar(&cfg.Cluster.AnnounceInterval, "announce-interval", cfg.Cluster.AnnounceInterval, "with --cluster: how often a node announces itself and the leader reconciles the membership")
+	fs.Uint64Var(&cfg.Cluster.SnapshotThreshold, "raft-snapshot-threshold", cfg.Cluster.SnapshotThreshold, "with --cluster: Raft entries between snapshots")
+	fs.StringVar(&cfg.Cluster.RaftLogLevel, "raft-log-level", cfg.Cluster.RaftLogLevel, "with --cluster: level of Raft's own log on stderr: off, error, warn, info or debug")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for requests in flight")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
@@ -68,6 +75,9 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	if cfg.MaxRecordBytes, err = parseSize(*maxRecord); err != nil {
 		return fmt.Errorf("%w: --max-record-bytes: %v", errUsage, err)
 	}
+	cfg.Cluster.HeartbeatTimeout = *raftTimeout
+	cfg.Cluster.ElectionTimeout = *raftTimeout
+	cfg.Cluster.LeaderLeaseTimeout = *raftTimeout / 2
 	cfg.HTTPListen = *httpListen
 	if cfg.HTTPListen == "off" {
 		cfg.HTTPListen = ""
@@ -109,6 +119,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 	defer cancel()
+	if sig == syscall.SIGTERM && cfg.Cluster.Enabled() {
+		// SIGTERM is a graceful leave: hand leadership over and be
+		// removed from the cluster. SIGINT only stops the node, which
+		// stays a member (a restart rejoins as it was).
+		if err := s.Leave(ctx); err != nil {
+			logger.Warn("natlog: leaving the cluster", "err", err)
+		} else {
+			logger.Info("natlog: left the cluster")
+		}
+	}
 	if err := s.Shutdown(ctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}

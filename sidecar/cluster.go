@@ -47,7 +47,6 @@ type clusterNode struct {
 	announceSubject string
 	leaveSubject    string
 	announceSub     *nats.Subscription
-	leaveSub        *nats.Subscription
 
 	applier applier
 
@@ -147,12 +146,7 @@ func (s *Server) startCluster() (err error) {
 	if n.announceSub, err = n.rnc.Subscribe(n.announceSubject, n.onAnnounce); err != nil {
 		return err
 	}
-	if n.leaveSub, err = n.rnc.QueueSubscribe(n.leaveSubject, queueGroup, n.onLeave); err != nil {
-		return err
-	}
-	for _, sub := range []*nats.Subscription{n.announceSub, n.leaveSub} {
-		sub.SetPendingLimits(-1, -1)
-	}
+	n.announceSub.SetPendingLimits(-1, -1)
 	s.logger.Info("natlog: cluster mode", "cluster", cfg.Name, "raft_state", hasState,
 		"bootstrap_expect", cfg.BootstrapExpect, "voters", cfg.Voters)
 	n.running = true
@@ -385,7 +379,9 @@ func (n *clusterNode) onLeave(m *nats.Msg) {
 func (n *clusterNode) removeMember(id string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		m, err := n.rnc.Request(n.leaveSubject, []byte(id), time.Until(deadline))
+		// Short tries: a request may reach a deposed leader's
+		// subscription as it is dropped, and get no reply.
+		m, err := n.rnc.Request(n.leaveSubject, []byte(id), min(time.Until(deadline), n.cfg.ApplyTimeout/4))
 		if err == nil && string(m.Data) == "ok" {
 			return nil
 		}

@@ -373,8 +373,8 @@ func (n *clusterNode) onCommitIndex(m *nats.Msg) {
 }
 
 // subscribeLeaderEndpoints subscribes the endpoints only the leader
-// serves: append, create, delete, and the commit index of linearizable
-// reads. They are plain queue subscriptions (the micro framework cannot
+// serves: append, create, delete, and (internal) the commit index of
+// linearizable reads and member removal. They are plain queue subscriptions (the micro framework cannot
 // drop an endpoint), served by the same handlers.
 func (s *Server) subscribeLeaderEndpoints() ([]*nats.Subscription, error) {
 	n := s.cluster
@@ -400,15 +400,21 @@ func (s *Server) subscribeLeaderEndpoints() ([]*nats.Subscription, error) {
 		sub.SetPendingLimits(pendingMsgs, pendingBytes)
 		subs = append(subs, sub)
 	}
-	sub, err := n.rnc.QueueSubscribe(s.subjects.Prefix()+"._cluster."+n.cfg.Name+".commit", queueGroup, n.onCommitIndex)
-	if err != nil {
-		for _, sub := range subs {
-			sub.Unsubscribe()
+	for subj, h := range map[string]nats.MsgHandler{
+		s.subjects.Prefix() + "._cluster." + n.cfg.Name + ".commit": n.onCommitIndex,
+		n.leaveSubject: n.onLeave,
+	} {
+		sub, err := n.rnc.QueueSubscribe(subj, queueGroup, h)
+		if err != nil {
+			for _, sub := range subs {
+				sub.Unsubscribe()
+			}
+			return nil, err
 		}
-		return nil, err
+		subs = append(subs, sub)
 	}
-	subs = append(subs, sub)
 	s.nc.Flush()
+	n.rnc.Flush()
 	return subs, nil
 }
 

@@ -239,3 +239,16 @@ func TestClusterMembership(t *testing.T) {
 	want = append(want, appendN(t, nc, "orders", "d", 10)...)
 	tc.converged("orders", want)
 }
+
+func TestClusterReadsHideRaftIndex(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.start("n1", 1)
+	tc.leader()
+	nc := tc.client()
+	appendN(t, nc, "orders", "v", 2)
+	m := request(t, nc, "natlog.read.orders", []byte("1"), nil)
+	wantOK(t, m)
+	if m.Header.Get("Natlog-Raft-Index") != "" || m.Header.Get(protocol.HeaderMsgID) != "v-1" {
+		t.Fatalf("read headers: %v", m.Header)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -264,4 +265,28 @@ func (s *Server) handleLogs(c *call) {
 // handleStatus serves <prefix>.cluster.status.
 func (s *Server) handleStatus(c *call) {
 	c.goAsync(func() { c.replyJSON(s.status()) })
+}
+
+// handleRemove serves <prefix>.cluster.remove: the body is the id of a
+// member to remove from the cluster (an operator's decision for a node
+// that crashed and will not come back). Any node forwards it to the
+// leader. A node that is still running announces itself and is added
+// back; stop it first.
+func (s *Server) handleRemove(c *call) {
+	id := strings.TrimSpace(string(c.req.Data()))
+	if !protocol.ValidLogName(id) {
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "bad node id %q: want 1 to 128 characters from [A-Za-z0-9_-]", id))
+		return
+	}
+	if s.cluster == nil {
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "this node is not in cluster mode"))
+		return
+	}
+	c.goAsync(func() {
+		if err := s.cluster.removeMember(id, 10*time.Second); err != nil {
+			c.fail(protocol.Errorf(protocol.ErrUnavailable, "remove %s: %v", id, err))
+			return
+		}
+		c.replyJSON(map[string]any{"removed": id})
+	})
 }

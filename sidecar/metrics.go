@@ -24,12 +24,13 @@ const (
 	opDelete
 	opHTTPAppend
 	opHTTPRead
+	opRemove
 	numOps
 )
 
 var opNames = [numOps]string{
 	"append", "append_batch", "read", "read_batch", "info", "logs", "status", "create", "delete",
-	"http_append", "http_read",
+	"http_append", "http_read", "cluster_remove",
 }
 
 // outcome classifies a request's result, the "outcome" label.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/natlog/natlog/logcore"
+	"github.com/natlog/natlog/raftfsm"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -174,6 +175,7 @@ func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Err
 	if err != nil {
 		return logcore.Record{}, e.storageError(err)
 	}
+	rec.Headers = stripInternal(rec.Headers)
 	return rec, nil
 }
 
@@ -258,8 +260,21 @@ func (s *Server) tryWaiter() bool {
 
 func (s *Server) doneWaiter() { <-s.waiters }
 
+// stripInternal leaves out the headers the replicated FSM keeps for itself
+// (raftfsm.RaftIndexHeader, on the last record of each applied append).
+func stripInternal(hs []logcore.Header) []logcore.Header {
+	for i, h := range hs {
+		if h.Key == raftfsm.RaftIndexHeader {
+			out := append(hs[:i:i], hs[i+1:]...)
+			return stripInternal(out)
+		}
+	}
+	return hs
+}
+
 // toHeaders converts stored headers to the wire form.
 func toHeaders(hs []logcore.Header) protocol.Headers {
+	hs = stripInternal(hs)
 	if len(hs) == 0 {
 		return nil
 	}

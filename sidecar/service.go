@@ -58,10 +58,14 @@ func (s *Server) addService() error {
 		{"delete", s.subjects.Wildcard(protocol.OpDelete), opDelete, s.handleDelete},
 		{"logs", s.subjects.Logs(), opLogs, s.handleLogs},
 		{"status", s.subjects.Status(), opStatus, s.handleStatus},
+		{"remove", s.subjects.Prefix() + ".cluster.remove", opRemove, s.handleRemove},
 	}
 	for _, ep := range endpoints {
 		if s.cluster != nil && (ep.op == opAppend || ep.op == opCreate || ep.op == opDelete) {
 			continue // the leader subscribes these while it leads
+		}
+		if s.cluster == nil && ep.op == opRemove {
+			continue // a standalone node has no members
 		}
 		err := svc.AddEndpoint(ep.name, s.handler(ep.op, ep.h),
 			micro.WithEndpointSubject(ep.subject),
