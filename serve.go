@@ -123,7 +123,12 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		// SIGTERM is a graceful leave: hand leadership over and be
 		// removed from the cluster. SIGINT only stops the node, which
 		// stays a member (a restart rejoins as it was).
-		if err := s.Leave(ctx); err != nil {
+		// Leaving takes at most half the shutdown timeout, so that the
+		// requests in flight still have time to finish.
+		leaveCtx, cancelLeave := context.WithTimeout(ctx, min(*shutdownTimeout/2, 10*time.Second))
+		err := s.Leave(leaveCtx)
+		cancelLeave()
+		if err != nil {
 			logger.Warn("natlog: leaving the cluster", "err", err)
 		} else {
 			logger.Info("natlog: left the cluster")

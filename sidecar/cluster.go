@@ -471,8 +471,9 @@ func (n *clusterNode) close() error {
 	return errors.Join(errs...)
 }
 
-// status describes the cluster as this node sees it. Lag is computed from
-// the applied indexes nodes announce.
+// status describes the cluster as this node sees it. Each member's lag is
+// computed from the applied indexes the nodes announce, so it is as old as
+// the last announcement (AnnounceInterval).
 func (n *clusterNode) status() protocol.ClusterStatus {
 	st := n.raft.Stats()
 	u := func(k string) uint64 { v, _ := strconv.ParseUint(st[k], 10, 64); return v }
@@ -490,6 +491,13 @@ func (n *clusterNode) status() protocol.ClusterStatus {
 		Logs:         len(n.fsm.Logs()),
 	}
 	rec := n.recent()
+	// Lag is measured against the furthest index known: this node's
+	// commit index, or a higher applied index another node announced (a
+	// follower that just restarted does not know the commit index yet).
+	ref := cs.CommitIndex
+	for _, a := range rec {
+		ref = max(ref, a.Applied)
+	}
 	f := n.raft.GetConfiguration()
 	if f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
@@ -514,8 +522,8 @@ func (n *clusterNode) status() protocol.ClusterStatus {
 			} else {
 				p.State = "unreachable"
 			}
-			if cs.CommitIndex > applied {
-				p.LagIndex = cs.CommitIndex - applied
+			if ref > applied {
+				p.LagIndex = ref - applied
 			}
 			cs.Peers = append(cs.Peers, p)
 		}
