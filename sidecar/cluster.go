@@ -100,6 +100,9 @@ func (s *Server) startCluster() (err error) {
 	}
 	storeCfg := logcore.DefaultConfig()
 	storeCfg.Logger = s.logger
+	if cfg.RaftSegmentBytes > 0 {
+		storeCfg.MaxSegmentBytes = cfg.RaftSegmentBytes
+	}
 	if n.logs, err = raftfsm.OpenLogStore(filepath.Join(dir, "raft", "log"), storeCfg); err != nil {
 		return fmt.Errorf("open raft log: %w", err)
 	}

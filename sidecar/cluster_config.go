@@ -44,6 +44,9 @@ type ClusterConfig struct {
 	// from the log rather than by snapshot.
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// RaftSegmentBytes is the segment size of the Raft log (0: logcore's
+	// default). Compaction after a snapshot removes whole segments.
+	RaftSegmentBytes int64
 	// MaxEntryBytes bounds the records batched into one Raft entry.
 	MaxEntryBytes int
 	// MaxApplyInflight bounds the Raft entries the leader has in flight;

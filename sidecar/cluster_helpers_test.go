@@ -25,6 +25,8 @@ type testCluster struct {
 	mu    sync.Mutex
 	nodes map[string]*Server
 	cfgs  map[string]Config
+	// tweak, if set, adjusts each new node's configuration.
+	tweak func(*Config)
 }
 
 func newTestCluster(t *testing.T) *testCluster {
@@ -63,6 +65,9 @@ func (tc *testCluster) start(id string, expect int) *Server {
 		cfg.Cluster.Name = "test"
 		cfg.Cluster.BootstrapExpect = expect
 		cfg.Cluster.RaftLogLevel = "off"
+		if tc.tweak != nil {
+			tc.tweak(&cfg)
+		}
 		tc.cfgs[id] = cfg
 	}
 	s, err := Start(cfg)

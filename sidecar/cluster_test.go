@@ -252,3 +252,41 @@ func TestClusterReadsHideRaftIndex(t *testing.T) {
 		t.Fatalf("read headers: %v", m.Header)
 	}
 }
+
+// TestClusterCatchUpBySnapshot: a follower that was away while the leader
+// compacted its Raft log catches up through a snapshot.
+func TestClusterCatchUpBySnapshot(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.tweak = func(c *Config) {
+		c.Cluster.TrailingLogs = 5
+		c.Cluster.SnapshotThreshold = 20
+		c.Cluster.RaftSegmentBytes = 2048
+	}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	leader := tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "a", 10)
+	tc.converged("orders", want)
+	follower := "n1"
+	if follower == leader {
+		follower = "n2"
+	}
+	tc.stop(follower)
+	want = append(want, appendN(t, nc, "orders", "b", 40)...)
+	if err := tc.node(leader).cluster.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	first, err := tc.node(leader).cluster.logs.FirstIndex()
+	if err != nil || first <= 12 {
+		t.Fatalf("the leader's raft log was not compacted: first index %d, %v", first, err)
+	}
+	tc.start(follower, 3)
+	tc.converged("orders", want)
+	if st := tc.node(follower).cluster.raft.Stats(); st["last_snapshot_index"] == "0" {
+		t.Fatalf("the follower caught up without a snapshot: %v", st)
+	}
+	want = append(want, appendN(t, nc, "orders", "c", 5)...)
+	tc.converged("orders", want)
+}
