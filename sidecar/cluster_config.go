@@ -71,7 +71,7 @@ func DefaultClusterConfig() ClusterConfig {
 		SnapshotThreshold:  16384,
 		TrailingLogs:       32768,
 		MaxEntryBytes:      4 << 20,
-		MaxApplyInflight:   8,
+		MaxApplyInflight:   2,
 		RaftLogLevel:       "warn",
 	}
 }

@@ -20,7 +20,7 @@ import (
 // testCluster is natlog nodes in one process on one embedded nats-server,
 // each connected to it by URL as separate processes would be.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	url   string
 	mu    sync.Mutex
 	nodes map[string]*Server
@@ -29,7 +29,7 @@ type testCluster struct {
 	tweak func(*Config)
 }
 
-func newTestCluster(t *testing.T) *testCluster {
+func newTestCluster(t testing.TB) *testCluster {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
 	if err != nil {

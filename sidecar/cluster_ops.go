@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -97,9 +98,29 @@ func (a *applier) round(batch []*proposal) {
 }
 
 func (a *applier) apply(batch []*proposal) {
-	cmd := raftfsm.Command{Time: time.Now().UnixNano(), Ops: make([]raftfsm.Op, len(batch))}
+	cmd := raftfsm.Command{Time: time.Now().UnixNano(), Ops: make([]raftfsm.Op, 0, len(batch))}
+	// Plain appends (no msg id, no expected offset) to one log are merged
+	// into one op, so that the FSM writes them with one AppendBatch; each
+	// request's records stay consecutive. where[i] is proposal i's op and
+	// the position of its first record in it.
+	type place struct{ op, at int }
+	where := make([]place, len(batch))
+	merged := map[string]int{} // log -> index of its open plain op
+	mergedBytes := map[string]int{}
 	for i, p := range batch {
-		cmd.Ops[i] = p.op
+		if k, ok := merged[p.op.Log]; ok && plainAppend(&p.op) && mergedBytes[p.op.Log]+p.size <= a.mergeLimit(p.op.Log) {
+			where[i] = place{op: k, at: len(cmd.Ops[k].Records)}
+			cmd.Ops[k].Records = append(cmd.Ops[k].Records, p.op.Records...)
+			mergedBytes[p.op.Log] += p.size
+			continue
+		}
+		where[i] = place{op: len(cmd.Ops)}
+		if plainAppend(&p.op) {
+			merged[p.op.Log] = len(cmd.Ops)
+			mergedBytes[p.op.Log] = p.size
+			p.op.Records = slices.Clip(p.op.Records) // appends to the merged op copy
+		}
+		cmd.Ops = append(cmd.Ops, p.op)
 	}
 	fail := func(err error) {
 		for _, p := range batch {
@@ -117,14 +138,38 @@ func (a *applier) apply(batch []*proposal) {
 		return
 	}
 	results, ok := f.Response().([]raftfsm.Result)
-	if !ok || len(results) != len(batch) {
+	if !ok || len(results) != len(cmd.Ops) {
 		err, _ := f.Response().(error)
-		fail(fmt.Errorf("the FSM answered %T for %d ops: %v", f.Response(), len(batch), err))
+		fail(fmt.Errorf("the FSM answered %T for %d ops: %v", f.Response(), len(cmd.Ops), err))
 		return
 	}
 	for i, p := range batch {
-		p.done <- proposalResult{res: results[i]}
+		r := results[where[i].op]
+		if r.Err == nil && len(cmd.Ops[where[i].op].Records) != len(p.op.Records) {
+			r.First += uint64(where[i].at)
+			r.Count = len(p.op.Records)
+		}
+		p.done <- proposalResult{res: r}
 	}
+}
+
+// plainAppend reports whether op is an append that may share an op with
+// others: no dedup id, no condition.
+func plainAppend(op *raftfsm.Op) bool {
+	return op.Kind == raftfsm.OpAppend && op.MsgID == "" && op.Expected == nil
+}
+
+// mergeLimit bounds the bytes of plain appends merged into one op for the
+// log: half its segment size (logcore keeps a batch that fits in a segment
+// whole across a crash), at most MaxEntryBytes.
+func (a *applier) mergeLimit(log string) int {
+	limit := a.n.cfg.MaxEntryBytes
+	if l := a.n.fsm.Log(log); l != nil {
+		limit = min(limit, int(l.Config().MaxSegmentBytes/2))
+	} else {
+		limit = min(limit, int(a.n.s.cfg.Log.MaxSegmentBytes/2))
+	}
+	return limit
 }
 
 // raftError turns the failure of a Raft Apply into a protocol error.

@@ -290,3 +290,83 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 	want = append(want, appendN(t, nc, "orders", "c", 5)...)
 	tc.converged("orders", want)
 }
+
+// TestClusterConcurrentPlainAppends: concurrent plain appends share Raft
+// entries (and ops); each reply names exactly its own records.
+func TestClusterConcurrentPlainAppends(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	tc.leader()
+	nc := tc.client()
+	const clients = 64
+	type ack struct {
+		first uint64
+		vals  []string
+	}
+	acks := make(chan ack, clients*10)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				v := "c" + strconv.Itoa(c) + "-" + strconv.Itoa(i)
+				if i%2 == 0 {
+					m, err := nc.Request("natlog.append.orders", []byte(v), 10*time.Second)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					var r protocol.AppendReply
+					if e := protocol.ReplyError(m.Header, m.Data); e != nil || json.Unmarshal(m.Data, &r) != nil {
+						t.Errorf("append: %v %s", e, m.Data)
+						return
+					}
+					acks <- ack{r.Offset, []string{v}}
+					continue
+				}
+				batch := protocol.AppendBatchRequest{Records: []protocol.AppendRecord{{Value: []byte(v + "a")}, {Value: []byte(v + "b")}, {Value: []byte(v + "c")}}}
+				m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.append.orders", Data: batch.AppendMsgpack(nil),
+					Header: nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}}, 10*time.Second)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var r protocol.AppendBatchReply
+				if e := protocol.ReplyError(m.Header, m.Data); e != nil || json.Unmarshal(m.Data, &r) != nil || r.Count != 3 || r.Last != r.First+2 {
+					t.Errorf("batch append: %v %s", e, m.Data)
+					return
+				}
+				acks <- ack{r.First, []string{v + "a", v + "b", v + "c"}}
+			}
+		}()
+	}
+	wg.Wait()
+	close(acks)
+	n := 0
+	var all []ack
+	for a := range acks {
+		all = append(all, a)
+		n += len(a.vals)
+	}
+	eventually(t, 20*time.Second, "all records on every node", func() bool {
+		for _, id := range tc.ids() {
+			if len(tc.records(id, "orders")) != n {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range tc.ids() {
+		recs := tc.records(id, "orders")
+		for _, a := range all {
+			for k, v := range a.vals {
+				if recs[a.first+uint64(k)] != v {
+					t.Fatalf("%s: offset %d holds %q, the reply said %q", id, a.first+uint64(k), recs[a.first+uint64(k)], v)
+				}
+			}
+		}
+	}
+}
