@@ -49,6 +49,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Cluster.BootstrapExpect, "bootstrap-expect", 0, "with --cluster: fresh nodes wait until this many see each other, then the lowest id bootstraps\nthe cluster with all of them as voters (0: never bootstrap, wait to be added; a node with Raft state never bootstraps)")
 	fs.IntVar(&cfg.Cluster.Voters, "voters", cfg.Cluster.Voters, "with --cluster: voters the leader keeps; nodes beyond join as non-voting read replicas")
 	raftTimeout := fs.Duration("raft-timeout", cfg.Cluster.HeartbeatTimeout, "with --cluster: Raft heartbeat and election timeout (leader lease: half of it); short values suit one host")
+	fs.DurationVar(&cfg.Cluster.DeadNodeTimeout, "dead-node-timeout", 0, "with --cluster: the leader removes a member unheard of for this long (0: never; use natlog cluster remove)")
 	fs.DurationVar(&cfg.Cluster.AnnounceInterval, "announce-interval", cfg.Cluster.AnnounceInterval, "with --cluster: how often a node announces itself and the leader reconciles the membership")
 	fs.Uint64Var(&cfg.Cluster.SnapshotThreshold, "raft-snapshot-threshold", cfg.Cluster.SnapshotThreshold, "with --cluster: Raft entries between snapshots")
 	fs.StringVar(&cfg.Cluster.RaftLogLevel, "raft-log-level", cfg.Cluster.RaftLogLevel, "with --cluster: level of Raft's own log on stderr: off, error, warn, info or debug")

@@ -55,6 +55,7 @@ type clusterNode struct {
 	leaderSubs []*nats.Subscription // the leader-only endpoints, while leading
 	leaving    bool                 // stop announcing: a graceful leave
 
+	started time.Time     // when the node started hearing announcements
 	running bool          // run was started (set before, read after)
 	stop    chan struct{} // closed to stop run
 	done    chan struct{} // closed when run returns
@@ -152,6 +153,7 @@ func (s *Server) startCluster() (err error) {
 	n.announceSub.SetPendingLimits(-1, -1)
 	s.logger.Info("natlog: cluster mode", "cluster", cfg.Name, "raft_state", hasState,
 		"bootstrap_expect", cfg.BootstrapExpect, "voters", cfg.Voters)
+	n.started = time.Now()
 	n.running = true
 	go n.run(!hasState)
 	return nil
@@ -313,6 +315,9 @@ func (n *clusterNode) reconcile() {
 		}
 	}
 	rec := n.recent()
+	if n.removeDead(f.Configuration().Servers) {
+		return // the configuration changed: reconcile on the next tick
+	}
 	ids := make([]string, 0, len(rec))
 	for id := range rec {
 		ids = append(ids, id)
@@ -339,6 +344,45 @@ func (n *clusterNode) reconcile() {
 		}
 		n.s.logger.Info("natlog: added a member", "node", id, "voter", voters <= n.cfg.Voters && !member || suf == raft.Nonvoter)
 	}
+}
+
+// removeDead removes one member unheard of for DeadNodeTimeout, if
+// enabled and safe (see ClusterConfig.DeadNodeTimeout). It reports whether
+// it removed one.
+func (n *clusterNode) removeDead(servers []raft.Server) bool {
+	timeout := n.cfg.DeadNodeTimeout
+	if timeout <= 0 || time.Since(n.started) < timeout {
+		return false
+	}
+	cut := time.Now().Add(-timeout)
+	n.mu.Lock()
+	alive := func(id string) bool { a, ok := n.seen[id]; return id == n.id || ok && a.at.After(cut) }
+	var dead []raft.Server
+	voters, aliveVoters := 0, 0
+	for _, srv := range servers {
+		if srv.Suffrage == raft.Voter {
+			voters++
+			if alive(string(srv.ID)) {
+				aliveVoters++
+			}
+		}
+		if !alive(string(srv.ID)) {
+			dead = append(dead, srv)
+		}
+	}
+	n.mu.Unlock()
+	for _, srv := range dead {
+		if srv.Suffrage == raft.Voter && aliveVoters <= (voters-1)/2 {
+			continue // the voters left would not have a live majority
+		}
+		if err := n.raft.RemoveServer(srv.ID, 0, n.cfg.ApplyTimeout).Error(); err != nil {
+			n.s.logger.Warn("natlog: removing a dead member", "node", srv.ID, "err", err)
+			return false
+		}
+		n.s.logger.Warn("natlog: removed a member unheard of for the dead node timeout", "node", srv.ID, "timeout", timeout)
+		return true
+	}
+	return false
 }
 
 // onLeave serves <prefix>._cluster.<name>.leave on the leader: the body is

@@ -30,6 +30,13 @@ type ClusterConfig struct {
 	// 3*AnnounceInterval counts as gone for bootstrapping.
 	AnnounceInterval time.Duration
 
+	// DeadNodeTimeout, if positive, makes the leader remove a member that
+	// has not announced itself for that long (a crashed node that will not
+	// return), as `natlog cluster remove` would. A voter is removed only
+	// if the voters still heard from remain a majority of the voters left.
+	// Zero: crashed members stay until an operator removes them.
+	DeadNodeTimeout time.Duration
+
 	// Raft timeouts (see raft.Config). Short ones (tens of ms) are for
 	// tests on one host.
 	HeartbeatTimeout   time.Duration
@@ -100,6 +107,9 @@ func (c ClusterConfig) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if !protocol.ValidLogName(c.Name) {
 		bad("bad cluster name %q: want 1 to 128 characters from [A-Za-z0-9_-]", c.Name)
+	}
+	if c.DeadNodeTimeout < 0 {
+		bad("negative dead node timeout")
 	}
 	if c.BootstrapExpect < 0 {
 		bad("negative bootstrap-expect")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -22,6 +23,7 @@ import (
 type testCluster struct {
 	t     testing.TB
 	url   string
+	base  string
 	mu    sync.Mutex
 	nodes map[string]*Server
 	cfgs  map[string]Config
@@ -39,7 +41,9 @@ func newTestCluster(t testing.TB) *testCluster {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
-	tc := &testCluster{t: t, url: ns.ClientURL(), nodes: map[string]*Server{}, cfgs: map[string]Config{}}
+	// The nodes' data dirs live under base, made before the cleanup
+	// below is registered, so that the nodes stop before it is removed.
+	tc := &testCluster{t: t, url: ns.ClientURL(), base: t.TempDir(), nodes: map[string]*Server{}, cfgs: map[string]Config{}}
 	t.Cleanup(func() {
 		for _, id := range tc.ids() {
 			tc.stop(id)
@@ -57,6 +61,7 @@ func (tc *testCluster) start(id string, expect int) *Server {
 	if !ok {
 		cfg = testConfig(tc.t)
 		cfg.NodeID = id
+		cfg.DataDir = filepath.Join(tc.base, id)
 		cfg.NATSURL = tc.url
 		cfg.NATSListen = ""
 		cfg.HTTPListen = ""

@@ -370,3 +370,35 @@ func TestClusterConcurrentPlainAppends(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterDeadNodeTimeout: a member that crashed is removed after the
+// dead node timeout, and a non-voter is promoted in its place.
+func TestClusterDeadNodeTimeout(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.tweak = func(c *Config) { c.Cluster.DeadNodeTimeout = time.Second }
+	for _, id := range []string{"n1", "n2", "n3", "n4"} {
+		tc.start(id, 3)
+	}
+	leader := tc.leader()
+	eventually(t, 20*time.Second, "four members", func() bool { return len(tc.node(leader).status().Peers) == 4 })
+	victim := "n1"
+	if victim == leader {
+		victim = "n2"
+	}
+	tc.stop(victim)
+	eventually(t, 20*time.Second, "the dead member removed and three voters", func() bool {
+		st := tc.node(tc.leader()).status()
+		voters := 0
+		for _, p := range st.Peers {
+			if p.ID == victim {
+				return false
+			}
+			if p.Voter {
+				voters++
+			}
+		}
+		return voters == 3
+	})
+	nc := tc.client()
+	tc.converged("orders", appendN(t, nc, "orders", "v", 5))
+}
