@@ -101,6 +101,7 @@ func (s *Server) startCluster() (err error) {
 	}
 	storeCfg := logcore.DefaultConfig()
 	storeCfg.Logger = s.logger
+	storeCfg.OnSync = s.metrics.onSync // natlog_fsync_duration_seconds: the Raft log's fsyncs
 	if cfg.RaftSegmentBytes > 0 {
 		storeCfg.MaxSegmentBytes = cfg.RaftSegmentBytes
 	}
