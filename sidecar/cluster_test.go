@@ -274,7 +274,9 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 		follower = "n2"
 	}
 	tc.stop(follower)
-	want = append(want, appendN(t, nc, "orders", "b", 40)...)
+	// More entries than raft.LogCache keeps (512), so that the leader
+	// cannot serve the follower from its cache either.
+	want = append(want, appendN(t, nc, "orders", "b", 600)...)
 	if err := tc.node(leader).cluster.raft.Snapshot().Error(); err != nil {
 		t.Fatalf("snapshot: %v", err)
 	}
@@ -284,6 +286,9 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 	}
 	tc.start(follower, 3)
 	tc.converged("orders", want)
+	if st := tc.node(follower).cluster.raft.Stats(); st["last_snapshot_index"] == "0" {
+		t.Fatalf("the follower caught up without a snapshot: %v", st)
+	}
 	want = append(want, appendN(t, nc, "orders", "c", 5)...)
 	tc.converged("orders", want)
 }
