@@ -18,6 +18,13 @@ stop() {
 trap stop INT TERM EXIT
 "$bin" serve "${common[@]}" --node-id n1 --data-dir "$dir/n1" --nats-listen 127.0.0.1:4222 --http-listen 127.0.0.1:8081 >"$dir/n1.log" 2>&1 &
 pids+=($!)
+# n2 and n3 connect to n1's embedded NATS: wait until it takes connections.
+for _ in $(seq 100); do
+  if "$bin" logs --server nats://127.0.0.1:4222 --timeout 1s >/dev/null 2>&1; then
+    break
+  fi
+  sleep 0.1
+done
 for i in 2 3; do
   "$bin" serve "${common[@]}" --node-id "n$i" --data-dir "$dir/n$i" --nats-url nats://127.0.0.1:4222 \
     --http-listen "127.0.0.1:808$i" >"$dir/n$i.log" 2>&1 &
