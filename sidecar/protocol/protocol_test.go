@@ -263,26 +263,34 @@ func TestDecodeAppendBatchRejects(t *testing.T) {
 }
 
 func TestReadRequestCodecs(t *testing.T) {
+	zero, big := uint64(0), uint64(math.MaxUint64)
 	for _, req := range []ReadRequest{
 		{},
 		{Offset: 42},
 		{Offset: math.MaxUint64, Max: 100, MaxBytes: 1 << 20, WaitMs: 5000},
+		{Offset: 7, MinOffset: &zero},
+		{Offset: 7, MinOffset: &big, Linearizable: true, WaitMs: 10},
+		{Linearizable: true},
 	} {
 		lib, err := msgpack.Marshal(&req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := DecodeReadRequest(lib)
-		if err != nil || got != req {
+		if err != nil || !reflect.DeepEqual(got, req) {
 			t.Errorf("library bytes decode to %+v, %v; want %+v", got, err, req)
 		}
 		var back ReadRequest
-		if err := msgpack.Unmarshal(req.AppendMsgpack(nil), &back); err != nil || back != req {
+		if err := msgpack.Unmarshal(req.AppendMsgpack(nil), &back); err != nil || !reflect.DeepEqual(back, req) {
 			t.Errorf("our bytes decode with the library to %+v, %v; want %+v", back, err, req)
+		}
+		got, err = DecodeReadRequest(req.AppendMsgpack(nil))
+		if err != nil || !reflect.DeepEqual(got, req) {
+			t.Errorf("our bytes decode to %+v, %v; want %+v", got, err, req)
 		}
 		js, _ := json.Marshal(req)
 		got, single, err := ParseReadBody(js, "")
-		if err != nil || single || got != req {
+		if err != nil || single || !reflect.DeepEqual(got, req) {
 			t.Errorf("JSON %s parses to %+v, %v, %v", js, got, single, err)
 		}
 	}
