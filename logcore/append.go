@@ -148,6 +148,9 @@ func (l *Log) fitsLocked(size int64) bool {
 func (l *Log) flushLocked() error {
 	s := l.active
 	if len(s.buf) > 0 {
+		if err := l.prewriteLocked(s); err != nil {
+			return l.failLocked(fmt.Errorf("prewrite %s: %w", s.path(storeExt), err))
+		}
 		n, err := s.store.Write(s.buf)
 		if err != nil || n != len(s.buf) {
 			if err == nil {
@@ -166,6 +169,27 @@ func (l *Log) flushLocked() error {
 		s.pendTimes = s.pendTimes[:0]
 	}
 	l.flushedNext.Store(l.next)
+	return nil
+}
+
+// prewriteLocked fills the store with zeros ahead of the data about to be
+// written, Config.PrewriteBytes at a time (see there). The zeros become
+// durable with the next fsync of the store.
+func (l *Log) prewriteLocked(s *segment) error {
+	step := l.cfg.PrewriteBytes
+	if step <= 0 || s.size <= s.prewritten {
+		return nil
+	}
+	end := min(s.size+step, max(l.cfg.MaxSegmentBytes, s.size))
+	zeros := make([]byte, min(end-s.prewritten, 1<<20))
+	for at := max(s.prewritten, s.flushed.Load()); at < end; {
+		n := min(int64(len(zeros)), end-at)
+		if _, err := s.store.WriteAt(zeros[:n], at); err != nil {
+			return err
+		}
+		at += n
+	}
+	s.prewritten = end
 	return nil
 }
 
@@ -328,6 +352,12 @@ func (l *Log) rollLocked() error {
 // time index entry written and fsynced, the index cut to its length and
 // fsynced. The files stay open.
 func (l *Log) sealFilesLocked(s *segment) error {
+	if s.prewritten > s.size {
+		if err := s.store.Truncate(s.size); err != nil {
+			return fmt.Errorf("cut prewritten zeros of %s: %w", s.path(storeExt), err)
+		}
+		s.prewritten = s.size
+	}
 	if err := l.syncFile(s.store); err != nil {
 		return fmt.Errorf("fsync %s: %w", s.path(storeExt), err)
 	}

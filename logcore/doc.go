@@ -32,6 +32,11 @@
 //	[header count uvarint] { [key length uvarint][key] [value length uvarint][value] }
 //	[value: the rest of the payload]
 //
+// While a segment is active its store runs ahead of the data with zeros
+// (Config.PrewriteBytes at a time), so that an fsync overwrites blocks that
+// already exist instead of growing the file; a seal or a clean Close cuts
+// the zeros, and after a crash recovery cuts them with the torn tail.
+//
 // # Index files
 //
 // An index entry is 12 bytes, [relative offset uint32 BE][position uint64 BE],

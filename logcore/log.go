@@ -195,6 +195,7 @@ func (l *Log) openActive(s *segment, existed bool) error {
 		return err
 	}
 	s.flushed.Store(s.size)
+	s.prewritten = s.size
 	s.maxTime.Store(s.tt.max)
 	if created {
 		if err := l.fs.SyncDir(l.dir); err != nil {

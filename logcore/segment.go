@@ -78,6 +78,7 @@ type segment struct {
 	times      []timeEntry  // time index entries written
 	timeFile   File         // open time index while active
 	tt         timeTracker  // time index state
+	prewritten int64        // store bytes on file: data, then prewritten zeros
 	pendTimes  []byte       // time entries not yet written
 	timeOnFile int64        // bytes of time index on file
 }
