@@ -173,11 +173,12 @@ func (l *Log) flushLocked() error {
 }
 
 // prewriteLocked fills the store with zeros ahead of the data about to be
-// written, Config.PrewriteBytes at a time (see there). The zeros become
-// durable with the next fsync of the store.
+// written, Config.PrewriteBytes at a time (see there), under SyncAlways
+// only: with the other policies fsyncs are rare and the zeros would double
+// the bytes written. The zeros become durable with the next fsync.
 func (l *Log) prewriteLocked(s *segment) error {
 	step := l.cfg.PrewriteBytes
-	if step <= 0 || s.size <= s.prewritten {
+	if step <= 0 || l.cfg.Sync != SyncAlways || s.size <= s.prewritten {
 		return nil
 	}
 	end := min(s.size+step, max(l.cfg.MaxSegmentBytes, s.size))

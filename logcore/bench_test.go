@@ -31,14 +31,25 @@ func BenchmarkAppend(b *testing.B) {
 		for _, size := range []int{100, 1024} {
 			for _, appenders := range []int{1, 4, 64} {
 				name := fmt.Sprintf("%s/%dB/appenders=%d", policy, size, appenders)
-				b.Run(name, func(b *testing.B) { benchAppend(b, policy, size, appenders) })
+				b.Run(name, func(b *testing.B) { benchAppend(b, policy, size, appenders, -1) })
 			}
 		}
 	}
+	// The same durable appends without pre-written store space, to compare
+	// in one run (the disk's speed drifts between runs).
+	for _, appenders := range []int{1, 64} {
+		name := fmt.Sprintf("always/100B/appenders=%d/no-prewrite", appenders)
+		b.Run(name, func(b *testing.B) { benchAppend(b, SyncAlways, 100, appenders, 0) })
+	}
 }
 
-func benchAppend(b *testing.B, policy SyncPolicy, size, appenders int) {
+// benchAppend appends b.N records of size bytes from appenders goroutines;
+// prewrite sets Config.PrewriteBytes unless it is negative.
+func benchAppend(b *testing.B, policy SyncPolicy, size, appenders int, prewrite int64) {
 	cfg := benchConfig(policy)
+	if prewrite >= 0 {
+		cfg.PrewriteBytes = prewrite
+	}
 	var syncNanos atomic.Int64
 	cfg.OnSync = func(d time.Duration, _ error) { syncNanos.Add(int64(d)) }
 	l, err := Open(b.TempDir(), cfg)

@@ -95,7 +95,9 @@ type Config struct {
 	// filled with zeros, so that an fsync overwrites blocks that exist
 	// instead of allocating new ones and growing the file (on ext4 that
 	// halves the fsync of a busy group-commit round). The zeros are cut
-	// when a segment is sealed or closed, and by recovery. 0 disables it.
+	// when a segment is sealed or closed, and by recovery. Used with
+	// SyncAlways only (with the other policies fsyncs are rare and the zeros
+	// would double the bytes written). 0 disables it.
 	PrewriteBytes int64
 	// FS is the file system; OSFS by default.
 	FS FS
