@@ -93,43 +93,12 @@ func writeMeta(dir string, m logMeta) error {
 	return writeFileAtomic(filepath.Join(dir, metaFile), append(b, '\n'))
 }
 
-// writeFileAtomic replaces path with data durably: write a temporary file,
-// fsync it, rename it over path, fsync the directory. After a crash the
-// file holds either its old or its new content.
+// writeFileAtomic replaces path with data durably (logcore's write-temp,
+// fsync, rename, directory fsync on the real file system).
 func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
+	return logcore.WriteFileAtomic(logcore.OSFS{}, path, data)
 }
 
 // syncDir fsyncs a directory, making creations, renames and removals in
 // it durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func syncDir(dir string) error { return logcore.OSFS{}.SyncDir(dir) }
