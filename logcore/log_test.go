@@ -509,14 +509,6 @@ func TestTruncateFromInsideABatch(t *testing.T) {
 // appends and readers: a reader may find its offset gone (out of range),
 // never anything else, and the log stays consistent.
 func TestRetentionWhileReading(t *testing.T) {
-	if os.Getenv("NATLOG_KNOWN_RACES") == "" {
-		// Known bug, found by this test at the end of a session: about
-		// once in 50 runs a Read racing retention and the open-segment
-		// cache fails with "offset 1: index position 51 past the
-		// store's end 51" (a spurious ErrCorrupt from Read's exact-end
-		// path). Run with NATLOG_KNOWN_RACES=1 (and -count=50) to see it.
-		t.Skip("known race: spurious ErrCorrupt from Read under retention; see the test's comment")
-	}
 	cfg := testConfig(SyncNeverUnsafe)
 	cfg.Retention = Retention{MaxSegments: 3}
 	cfg.RetentionCheckInterval = time.Millisecond

@@ -172,10 +172,13 @@ func (l *Log) recordEnd(s *segment, rel uint32, vis uint64) (end int64, exact bo
 // [LowestOffset, NextOffset), and with ErrCorrupt if the stored frame does
 // not check out.
 func (l *Log) Read(off uint64) (Record, error) {
-	if off < l.visible.Load() {
-		if err := l.ensureFlushed(off + 1); err != nil {
-			return Record{}, err
-		}
+	// Decide on one load of visible: checking it again after it grew could
+	// take a record still in the write buffer past ensureFlushed.
+	if off >= l.visible.Load() {
+		return Record{}, l.rangeErr(off)
+	}
+	if err := l.ensureFlushed(off + 1); err != nil {
+		return Record{}, err
 	}
 	s, err := l.segmentFor(off)
 	if err != nil {
