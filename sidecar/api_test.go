@@ -412,3 +412,43 @@ func TestConcurrentAppendsShareFsyncs(t *testing.T) {
 		t.Errorf("%d fsyncs for %d concurrent appends: not shared", syncs, clients*each)
 	}
 }
+
+// TestNodeSubjectsAndReadCounter checks the per-node subjects clients
+// route reads with, the read counter in the status reply, and batch reads
+// that start at a point in time.
+func TestNodeSubjectsAndReadCounter(t *testing.T) {
+	s := startNode(t, testConfig(t))
+	nc := connectTo(t, s)
+	node := s.Subjects().Node(s.NodeID())
+	wantOK(t, request(t, nc, "natlog.append.orders", []byte("a"), nil))
+	mid := time.Now().UnixNano()
+	wantOK(t, request(t, nc, "natlog.append.orders", []byte("b"), nil))
+
+	m := request(t, nc, node.Read("orders"), []byte("1"), nil)
+	wantOK(t, m)
+	if string(m.Data) != "b" {
+		t.Fatalf("node read 1 = %q", m.Data)
+	}
+	req := protocol.ReadRequest{StartTime: &mid}
+	m = request(t, nc, node.Read("orders"), req.AppendMsgpack(nil), msgpackHdr)
+	wantOK(t, m)
+	rep, err := protocol.DecodeReadReply(m.Data)
+	if err != nil || len(rep.Records) != 1 || string(rep.Records[0].Value) != "b" || rep.Next != 2 {
+		t.Fatalf("read from time: %+v, %v", rep, err)
+	}
+	wantError(t, request(t, nc, node.Read("a.b"), []byte("0"), nil), protocol.ErrBadLogName)
+
+	m = request(t, nc, node.Status(), nil, nil)
+	wantOK(t, m)
+	var st protocol.ClusterStatus
+	if err := json.Unmarshal(m.Data, &st); err != nil || len(st.Peers) != 1 {
+		t.Fatalf("status %s: %v", m.Data, err)
+	}
+	if p := st.Peers[0]; p.ID != s.NodeID() || p.Reads != 2 || p.Host == "" {
+		t.Errorf("peer %+v: want 2 reads (the failed one not counted) and a host", p)
+	}
+	// Another node's subject is not answered.
+	if _, err := nc.Request(s.Subjects().Node("other").Read("orders"), []byte("0"), time.Second); err != nats.ErrNoResponders {
+		t.Errorf("read on another node's subject: %v, want no responders", err)
+	}
+}

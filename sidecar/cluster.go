@@ -67,6 +67,8 @@ type announcement struct {
 	HasState bool   `json:"has_state"` // it has Raft state (never bootstraps)
 	Applied  uint64 `json:"applied"`   // its applied index, for lag
 	Leaving  bool   `json:"leaving,omitempty"`
+	Host     string `json:"host,omitempty"`
+	Reads    uint64 `json:"reads,omitempty"` // read requests it answered
 	at       time.Time
 }
 
@@ -197,7 +199,8 @@ func (n *clusterNode) announce() {
 	n.mu.Lock()
 	leaving := n.leaving
 	n.mu.Unlock()
-	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving}
+	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving,
+		Host: hostname, Reads: n.s.reads.Load()}
 	b, _ := json.Marshal(a)
 	if err := n.rnc.Publish(n.announceSubject, b); err != nil {
 		n.s.logger.Debug("natlog: announce", "err", err)
@@ -565,8 +568,10 @@ func (n *clusterNode) status() protocol.ClusterStatus {
 			applied := uint64(0)
 			if id == n.id {
 				applied = cs.AppliedIndex
+				p.Host, p.Reads = hostname, n.s.reads.Load()
 			} else if a, ok := rec[id]; ok {
 				applied = a.Applied
+				p.Host, p.Reads = a.Host, a.Reads
 			} else {
 				p.State = "unreachable"
 			}

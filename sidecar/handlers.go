@@ -136,7 +136,11 @@ func (s *Server) batchRecords(body []byte, msgID string) ([]logcore.Record, *pro
 // answered with a msgpack protocol.ReadReply (JSON with Accept:
 // application/json).
 func (s *Server) handleRead(c *call) {
-	name, err := s.subjects.LogName(protocol.OpRead, c.req.Subject())
+	subjects := s.subjects
+	if subj := c.req.Subject(); len(subj) > len(s.nodeSubjects.Prefix()) && subj[:len(s.nodeSubjects.Prefix())] == s.nodeSubjects.Prefix() {
+		subjects = s.nodeSubjects // <prefix>.node.<id>.read.<log>
+	}
+	name, err := subjects.LogName(protocol.OpRead, c.req.Subject())
 	if err != nil {
 		c.fail(err)
 		return
@@ -165,6 +169,7 @@ func (s *Server) handleRead(c *call) {
 				hdr[kv.Key] = append(hdr[kv.Key], kv.Value)
 			}
 			c.reply(rec.Value, hdr)
+			s.reads.Add(1)
 		})
 		return
 	}
@@ -183,6 +188,7 @@ func (s *Server) handleRead(c *call) {
 				return
 			}
 			c.reply(b, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeJSON}})
+			s.reads.Add(1)
 			return
 		}
 		size := protocol.ReadReplyOverhead
@@ -190,6 +196,7 @@ func (s *Server) handleRead(c *call) {
 			size += protocol.RecordSize(&rep.Records[i])
 		}
 		c.reply(rep.AppendMsgpack(make([]byte, 0, size)), nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
+		s.reads.Add(1)
 	})
 }
 

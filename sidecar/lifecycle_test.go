@@ -63,7 +63,7 @@ func TestMicroService(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Name != "natlog" || info.Metadata["node_id"] != s.NodeID() || len(info.Endpoints) != 7 {
+	if info.Name != "natlog" || info.Metadata["node_id"] != s.NodeID() || len(info.Endpoints) != 9 {
 		t.Fatalf("service info: %s", m.Data)
 	}
 	subjects := map[string]string{}
@@ -74,7 +74,8 @@ func TestMicroService(t *testing.T) {
 		}
 	}
 	for name, subj := range map[string]string{"append": "natlog.append.>", "read": "natlog.read.>", "info": "natlog.info.>",
-		"create": "natlog.create.>", "delete": "natlog.delete.>", "logs": "natlog.logs", "status": "natlog.cluster.status"} {
+		"create": "natlog.create.>", "delete": "natlog.delete.>", "logs": "natlog.logs", "status": "natlog.cluster.status",
+		"node_read": "natlog.node." + s.NodeID() + ".read.>", "node_status": "natlog.node." + s.NodeID() + ".cluster.status"} {
 		if subjects[name] != subj {
 			t.Errorf("endpoint %s on %q, want %q", name, subjects[name], subj)
 		}

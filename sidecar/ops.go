@@ -196,6 +196,13 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 		return protocol.ReadReply{}, perr
 	}
 	log := re.reader()
+	if req.StartTime != nil {
+		off, err := log.OffsetForTime(*req.StartTime)
+		if err != nil {
+			return protocol.ReadReply{}, re.storageError(err)
+		}
+		req.Offset = off
+	}
 	max := req.Max
 	if max == 0 {
 		max = s.cfg.DefaultReadMax
@@ -355,11 +362,12 @@ func (s *Server) status() protocol.ClusterStatus {
 		return cs
 	}
 	return protocol.ClusterStatus{
-		NodeID:         s.nodeID,
-		Leader:         s.nodeID,
-		State:          "leader",
-		Mode:           "single",
-		Peers:          []protocol.Peer{{ID: s.nodeID, Address: s.natsURL, State: "leader", Voter: true}},
+		NodeID: s.nodeID,
+		Leader: s.nodeID,
+		State:  "leader",
+		Mode:   "single",
+		Peers: []protocol.Peer{{ID: s.nodeID, Address: s.natsURL, State: "leader", Voter: true,
+			Host: hostname, Reads: s.reads.Load()}},
 		Logs:           len(s.logs.list()),
 		MaxRecordBytes: s.maxRecord,
 		Prefix:         s.subjects.Prefix(),

@@ -31,7 +31,11 @@ type Server struct {
 	logger   *slog.Logger
 	nodeID   string
 	subjects protocol.Subjects
-	started  time.Time
+	// nodeSubjects reach this node alone (<prefix>.node.<id>): clients
+	// route reads to a replica of their choice with them.
+	nodeSubjects protocol.Subjects
+	started      time.Time
+	reads        atomic.Uint64 // read requests answered successfully
 
 	lock    *os.File     // the data dir's lock, held while running
 	logs    *manager     // the standalone node's logs; nil in cluster mode
@@ -109,6 +113,7 @@ func (s *Server) start() (err error) {
 		return err
 	}
 	s.logger = s.logger.With("node", s.nodeID)
+	s.nodeSubjects = s.subjects.Node(s.nodeID)
 
 	s.metrics = newMetrics()
 	defaults := cfg.Log
@@ -199,6 +204,10 @@ func (s *Server) HTTPURL() string { return s.httpURL }
 
 // NodeID is the node's id.
 func (s *Server) NodeID() string { return s.nodeID }
+
+// hostname is the machine's name, reported in status replies so that
+// clients can prefer a replica on their own host.
+var hostname, _ = os.Hostname()
 
 // Subjects are the node's subjects.
 func (s *Server) Subjects() protocol.Subjects { return s.subjects }

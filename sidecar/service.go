@@ -59,6 +59,8 @@ func (s *Server) addService() error {
 		{"logs", s.subjects.Logs(), opLogs, s.handleLogs},
 		{"status", s.subjects.Status(), opStatus, s.handleStatus},
 		{"remove", s.subjects.Prefix() + ".cluster.remove", opRemove, s.handleRemove},
+		{"node_read", s.nodeSubjects.Wildcard(protocol.OpRead), opRead, s.handleRead},
+		{"node_status", s.nodeSubjects.Status(), opStatus, s.handleStatus},
 	}
 	for _, ep := range endpoints {
 		if s.cluster != nil && (ep.op == opAppend || ep.op == opCreate || ep.op == opDelete) {

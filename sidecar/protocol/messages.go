@@ -67,6 +67,11 @@ type ReadRequest struct {
 	// elsewhere) that it has applied everything committed before the read
 	// started. It costs a round trip to the leader.
 	Linearizable bool `json:"linearizable,omitempty" msgpack:"linearizable,omitempty"`
+	// StartTime, if set (Unix nanoseconds), makes the read start at the
+	// first record whose timestamp is at or after it, instead of at
+	// Offset (the log's end if there is none): a consumer that starts
+	// from a point in time.
+	StartTime *int64 `json:"start_time,omitempty" msgpack:"start_time,omitempty"`
 }
 
 // Record is one record of a batch read reply.
@@ -150,6 +155,12 @@ type Peer struct {
 	Voter    bool   `json:"voter"`
 	Role     string `json:"role,omitempty"` // "voter" or "nonvoter" (cluster mode)
 	LagIndex uint64 `json:"lag_index"`      // how far its log is behind the leader's commit index
+	// Host is the name of the machine the node runs on (as it reports
+	// it), so that a client can prefer a replica on its own host.
+	Host string `json:"host,omitempty"`
+	// Reads counts the read requests the node has answered successfully
+	// since it started (as of its last announcement, for other nodes).
+	Reads uint64 `json:"reads"`
 }
 
 // ClusterStatus answers the cluster status subject.
@@ -298,6 +309,9 @@ func (r *ReadRequest) AppendMsgpack(b []byte) []byte {
 	if r.Linearizable {
 		n++
 	}
+	if r.StartTime != nil {
+		n++
+	}
 	b = appendMapLen(b, n)
 	b = appendUint(appendString(b, "offset"), r.Offset)
 	if r.MinOffset != nil {
@@ -305,6 +319,9 @@ func (r *ReadRequest) AppendMsgpack(b []byte) []byte {
 	}
 	if r.Linearizable {
 		b = appendBool(appendString(b, "linearizable"), true)
+	}
+	if r.StartTime != nil {
+		b = appendInt(appendString(b, "start_time"), *r.StartTime)
 	}
 	if r.Max != 0 {
 		b = appendInt(appendString(b, "max"), int64(r.Max))
@@ -352,6 +369,10 @@ func DecodeReadRequest(body []byte) (ReadRequest, error) {
 			req.MinOffset = &v
 		case "linearizable":
 			req.Linearizable, err = r.bool()
+		case "start_time":
+			var v int64
+			v, err = r.int64()
+			req.StartTime = &v
 		default:
 			err = unknownField(k)
 		}

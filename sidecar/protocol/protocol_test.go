@@ -264,7 +264,10 @@ func TestDecodeAppendBatchRejects(t *testing.T) {
 
 func TestReadRequestCodecs(t *testing.T) {
 	zero, big := uint64(0), uint64(math.MaxUint64)
+	t0, tneg := int64(1764083125123456789), int64(-1)
 	for _, req := range []ReadRequest{
+		{StartTime: &t0, Max: 10},
+		{Offset: 3, StartTime: &tneg},
 		{},
 		{Offset: 42},
 		{Offset: math.MaxUint64, Max: 100, MaxBytes: 1 << 20, WaitMs: 5000},

@@ -110,6 +110,11 @@ func (s Subjects) Logs() string { return s.prefix + ".logs" }
 // Status is the subject that describes the cluster.
 func (s Subjects) Status() string { return s.prefix + ".cluster.status" }
 
+// Node returns the subjects that reach only the node id (which must be a
+// valid log name, as node ids are): "<prefix>.node.<id>.read.<log>" and so
+// on. A client uses them to route reads to a replica of its choice.
+func (s Subjects) Node(id string) Subjects { return Subjects{prefix: s.prefix + ".node." + id} }
+
 // Wildcard is the subscription subject for a per-log operation (OpAppend,
 // OpRead, OpInfo, OpCreate, OpDelete): "<prefix>.<op>.>". It matches
 // subjects with more than one token after the operation too, so that a
