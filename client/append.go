@@ -1,0 +1,350 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// Record is a record of a log. Offset and Time are set on records read
+// (Time in Unix nanoseconds); appends ignore them.
+type Record struct {
+	Offset  uint64
+	Time    int64
+	Headers nats.Header
+	Value   []byte
+}
+
+// AppendOption modifies an append.
+type AppendOption func(*appendOpts)
+
+type appendOpts struct {
+	headers  nats.Header
+	msgID    string
+	expected *uint64
+}
+
+// WithHeaders stores headers with the record (Append) or sets the
+// request's headers (AppendBatch: each record carries its own).
+func WithHeaders(h nats.Header) AppendOption { return func(o *appendOpts) { o.headers = h } }
+
+// WithMsgID sets the append's Natlog-Msg-Id instead of the client's own
+// "<producer>-<sequence>": to retry an append whose outcome was indefinite
+// (IsIndefinite) without writing it twice.
+func WithMsgID(id string) AppendOption { return func(o *appendOpts) { o.msgID = id } }
+
+// WithExpectedOffset makes the append conditional: it is written only if
+// the log's next offset is off, and fails with ErrExpectedOffset otherwise.
+func WithExpectedOffset(off uint64) AppendOption {
+	return func(o *appendOpts) { o.expected = &off }
+}
+
+// AppendResult is the outcome of an append.
+type AppendResult struct {
+	// First and Last are the offsets of the first and last record
+	// appended (equal for one record); Count is how many.
+	First, Last uint64
+	Count       int
+	// Duplicate says the node had seen the append's Natlog-Msg-Id: it
+	// was not written again, and the offsets are the first append's.
+	Duplicate bool
+}
+
+// Append appends one record to log and returns its offset, once the node
+// acknowledged it (with the default fsync policy: on stable storage, on a
+// quorum in a cluster). It retries through elections and timeouts with
+// the same Natlog-Msg-Id, so a retry never writes the record twice.
+func (c *Client) Append(ctx context.Context, log string, value []byte, opts ...AppendOption) (uint64, error) {
+	var o appendOpts
+	for _, f := range opts {
+		f(&o)
+	}
+	hdr := make(nats.Header, len(o.headers)+2)
+	for k, v := range o.headers {
+		hdr[k] = v
+	}
+	if hdr.Get(protocol.HeaderContentType) == protocol.ContentTypeMsgpack {
+		// That content type makes the body a batch: send one.
+		r, err := c.AppendBatch(ctx, log, []Record{{Value: value, Headers: o.headers}}, opts...)
+		return r.First, err
+	}
+	c.stampHeaders(hdr, &o)
+	msg := &nats.Msg{Subject: c.subjects.Append(log), Data: value, Header: hdr}
+	m, err := c.do(ctx, "append", log, true, 0, func(int) *nats.Msg { return msg })
+	if err != nil {
+		return 0, err
+	}
+	var rep protocol.AppendReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return 0, &Error{Op: "append", Log: log, Err: err, Indefinite: true}
+	}
+	return rep.Offset, nil
+}
+
+// stampHeaders sets an append request's msg id and expected offset.
+func (c *Client) stampHeaders(hdr nats.Header, o *appendOpts) {
+	if o.msgID == "" && hdr.Get(protocol.HeaderMsgID) == "" {
+		o.msgID = c.nextMsgID()
+	}
+	if o.msgID != "" {
+		hdr[protocol.HeaderMsgID] = []string{o.msgID}
+	}
+	if o.expected != nil {
+		hdr[protocol.HeaderExpectedOffset] = []string{strconv.FormatUint(*o.expected, 10)}
+	}
+}
+
+// AppendBatch appends records to log atomically and in order, with
+// consecutive offsets, in one request (one fsync). Retries carry the same
+// Natlog-Msg-Id. WithHeaders here sets headers of the request, not of the
+// records (only Natlog-Msg-Id and Natlog-Expected-Offset mean anything).
+func (c *Client) AppendBatch(ctx context.Context, log string, records []Record, opts ...AppendOption) (AppendResult, error) {
+	var o appendOpts
+	for _, f := range opts {
+		f(&o)
+	}
+	if len(records) == 0 {
+		return AppendResult{}, nil
+	}
+	hdr := make(nats.Header, len(o.headers)+3)
+	for k, v := range o.headers {
+		hdr[k] = v
+	}
+	hdr[protocol.HeaderContentType] = []string{protocol.ContentTypeMsgpack}
+	c.stampHeaders(hdr, &o)
+	msg := &nats.Msg{Subject: c.subjects.Append(log), Data: encodeBatch(records), Header: hdr}
+	return c.sendBatch(ctx, log, msg)
+}
+
+func (c *Client) sendBatch(ctx context.Context, log string, msg *nats.Msg) (AppendResult, error) {
+	m, err := c.do(ctx, "append", log, true, 0, func(int) *nats.Msg { return msg })
+	if err != nil {
+		return AppendResult{}, err
+	}
+	var rep protocol.AppendBatchReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return AppendResult{}, &Error{Op: "append", Log: log, Err: err, Indefinite: true}
+	}
+	return AppendResult{First: rep.First, Last: rep.Last, Count: rep.Count, Duplicate: rep.Duplicate}, nil
+}
+
+func encodeBatch(records []Record) []byte {
+	req := protocol.AppendBatchRequest{Records: make([]protocol.AppendRecord, len(records))}
+	size := 16
+	for i, r := range records {
+		req.Records[i] = protocol.AppendRecord{Value: r.Value, Headers: protocol.Headers(r.Headers)}
+		size += len(r.Value) + 16
+		for k, vs := range r.Headers {
+			size += len(k) + 8
+			for _, v := range vs {
+				size += len(v) + 4
+			}
+		}
+	}
+	return req.AppendMsgpack(make([]byte, 0, size))
+}
+
+// AppendFuture is the outcome of an AppendAsync, once Done is closed.
+type AppendFuture struct {
+	done   chan struct{}
+	offset uint64
+	err    error
+}
+
+// Done is closed when the append has been acknowledged or has failed.
+func (f *AppendFuture) Done() <-chan struct{} { return f.done }
+
+// Offset is the record's offset; valid once Done is closed and Err is nil.
+func (f *AppendFuture) Offset() uint64 { <-f.done; return f.offset }
+
+// Err is the append's error; valid once Done is closed.
+func (f *AppendFuture) Err() error { <-f.done; return f.err }
+
+// Wait waits for the outcome, or for ctx.
+func (f *AppendFuture) Wait(ctx context.Context) (uint64, error) {
+	select {
+	case <-f.done:
+		return f.offset, f.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// AppendAsync queues one record for log and returns at once with a future
+// of its outcome, or blocks (until ctx ends) while WithMaxPending records
+// are already pending. Records queued for one log go out in batches, one
+// request in flight per log: while one is being acknowledged the next
+// ones gather, so a busy producer sends large batches (one fsync each)
+// and a quiet one single records. Records of one client to one log are
+// appended in the order AppendAsync was called, also across retries,
+// each exactly once. A batch that fails (after retrying for
+// WithAsyncTimeout) fails all its futures with the same error.
+func (c *Client) AppendAsync(ctx context.Context, log string, value []byte, opts ...AppendOption) (*AppendFuture, error) {
+	var o appendOpts
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.expected != nil || o.msgID != "" {
+		return nil, &Error{Op: "append", Log: log, Err: errAsyncOption}
+	}
+	if err := protocol.CheckLogName(log); err != nil {
+		return nil, &Error{Op: "append", Log: log, Err: err}
+	}
+	if c.closed.Load() {
+		return nil, &Error{Op: "append", Log: log, Err: ErrClosed}
+	}
+	select {
+	case c.window <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.ctx.Done():
+		return nil, &Error{Op: "append", Log: log, Err: ErrClosed}
+	}
+	f := &AppendFuture{done: make(chan struct{})}
+	c.producerFor(log).enqueue(pending{rec: Record{Value: value, Headers: o.headers}, f: f})
+	return f, nil
+}
+
+type asyncOptionError struct{}
+
+func (asyncOptionError) Error() string {
+	return "AppendAsync takes no expected offset or msg id (it sets its own per batch); use Append"
+}
+
+var errAsyncOption error = asyncOptionError{}
+
+// Flush waits until every record queued with AppendAsync before the call
+// has been acknowledged or has failed.
+func (c *Client) Flush(ctx context.Context) error {
+	// Every pending record holds a window slot: holding them all means
+	// none is pending. Slots freed meanwhile by newer records are fine.
+	got := 0
+	defer func() {
+		for range got {
+			<-c.window
+		}
+	}()
+	for got < cap(c.window) {
+		select {
+		case c.window <- struct{}{}:
+			got++
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+type pending struct {
+	rec Record
+	f   *AppendFuture
+}
+
+// producer sends one log's queued records, one batch at a time.
+type producer struct {
+	c       *Client
+	log     string
+	mu      sync.Mutex
+	queue   []pending
+	sending bool
+}
+
+func (c *Client) producerFor(log string) *producer {
+	c.prodMu.Lock()
+	defer c.prodMu.Unlock()
+	p := c.producers[log]
+	if p == nil {
+		p = &producer{c: c, log: log}
+		c.producers[log] = p
+	}
+	return p
+}
+
+func (p *producer) enqueue(r pending) {
+	p.mu.Lock()
+	p.queue = append(p.queue, r)
+	start := !p.sending
+	p.sending = true
+	p.mu.Unlock()
+	if start {
+		p.c.wg.Add(1)
+		go p.run()
+	}
+}
+
+// run sends batches until the queue is empty.
+func (p *producer) run() {
+	defer p.c.wg.Done()
+	maxBytes := int(p.c.nc.MaxPayload()) - 4096
+	for {
+		p.mu.Lock()
+		n, size := 0, 0
+		for n < len(p.queue) && n < p.c.opts.maxBatch {
+			rs := len(p.queue[n].rec.Value) + 64
+			for k, vs := range p.queue[n].rec.Headers {
+				rs += len(k) + 8*len(vs)
+				for _, v := range vs {
+					rs += len(v)
+				}
+			}
+			if n > 0 && size+rs > maxBytes {
+				break
+			}
+			size += rs
+			n++
+		}
+		if n == 0 {
+			p.sending = false
+			p.mu.Unlock()
+			return
+		}
+		batch := p.queue[:n:n]
+		p.queue = p.queue[n:]
+		if len(p.queue) == 0 {
+			p.queue = nil // let the backing array go
+		}
+		p.mu.Unlock()
+		p.send(batch)
+	}
+}
+
+func (p *producer) send(batch []pending) {
+	c := p.c
+	ctx, cancel := context.WithTimeout(c.ctx, c.opts.asyncTimeout)
+	defer cancel()
+	var first uint64
+	var err error
+	if len(batch) == 1 && batch[0].rec.Headers.Get(protocol.HeaderContentType) != protocol.ContentTypeMsgpack {
+		first, err = c.Append(ctx, p.log, batch[0].rec.Value, WithHeaders(batch[0].rec.Headers))
+	} else {
+		recs := make([]Record, len(batch))
+		for i := range batch {
+			recs[i] = batch[i].rec
+		}
+		var r AppendResult
+		r, err = c.AppendBatch(ctx, p.log, recs)
+		first = r.First
+	}
+	if err != nil && c.ctx.Err() != nil {
+		var e *Error
+		if !errors.As(err, &e) || e.Err != ErrClosed {
+			err = &Error{Op: "append", Log: p.log, Err: ErrClosed, Indefinite: IsIndefinite(err)}
+		}
+	}
+	for i := range batch {
+		f := batch[i].f
+		if err != nil {
+			f.err = err
+		} else {
+			f.offset = first + uint64(i)
+		}
+		close(f.done)
+		<-c.window
+	}
+}

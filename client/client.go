@@ -1,0 +1,442 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// Option configures a Client.
+type Option func(*options)
+
+type options struct {
+	prefix        string
+	timeout       time.Duration
+	backoffMin    time.Duration
+	backoffMax    time.Duration
+	producerID    string
+	maxPending    int
+	maxBatch      int
+	refresh       time.Duration
+	preferNode    string
+	preferHost    string
+	asyncTimeout  time.Duration
+	logger        *slog.Logger
+	natsOpts      []nats.Option
+	readFromNodes bool
+}
+
+func defaultOptions() options {
+	return options{
+		prefix:        protocol.DefaultPrefix,
+		timeout:       5 * time.Second,
+		backoffMin:    5 * time.Millisecond,
+		backoffMax:    500 * time.Millisecond,
+		maxPending:    1024,
+		maxBatch:      1000,
+		refresh:       2 * time.Second,
+		asyncTimeout:  time.Minute,
+		logger:        slog.New(slog.DiscardHandler),
+		readFromNodes: true,
+	}
+}
+
+// WithPrefix sets the nodes' subject prefix (--prefix; "natlog" by default).
+func WithPrefix(p string) Option { return func(o *options) { o.prefix = p } }
+
+// WithRequestTimeout bounds each attempt of a request (5 s by default); the
+// context bounds the whole call, retries included.
+func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithBackoff sets the bounds of the exponential backoff between retries
+// (5 ms to 500 ms by default, with jitter).
+func WithBackoff(min, max time.Duration) Option {
+	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
+}
+
+// WithProducerID sets the first part of the Natlog-Msg-Id of every append
+// ("<producer id>-<sequence>"); a random id by default. Two clients must not
+// share one.
+func WithProducerID(id string) Option { return func(o *options) { o.producerID = id } }
+
+// WithMaxPending bounds how many records AppendAsync holds, queued or in
+// flight, before it blocks (1024 by default).
+func WithMaxPending(n int) Option { return func(o *options) { o.maxPending = n } }
+
+// WithMaxBatch bounds how many queued AppendAsync records go into one
+// request (1000 by default; the NATS max payload bounds it too).
+func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
+
+// WithAsyncTimeout bounds how long AppendAsync retries a batch before it
+// fails its futures (one minute by default).
+func WithAsyncTimeout(d time.Duration) Option { return func(o *options) { o.asyncTimeout = d } }
+
+// WithRefreshInterval sets how often the client asks the cluster for its
+// membership and leader (2 s by default); it also asks after a failure.
+func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
+
+// WithPreferredNode makes reads go to the node with this id while it is
+// a reachable replica (the sidecar next to the application, say).
+func WithPreferredNode(id string) Option { return func(o *options) { o.preferNode = id } }
+
+// WithPreferredHost makes reads go to a replica that runs on this host
+// while there is one; LocalHost() gives this machine's name.
+func WithPreferredHost(host string) Option { return func(o *options) { o.preferHost = host } }
+
+// WithoutReadRouting sends reads to the nodes' shared subject, where NATS
+// picks a node, instead of routing them to replicas chosen by the client.
+func WithoutReadRouting() Option { return func(o *options) { o.readFromNodes = false } }
+
+// WithLogger sets the logger of the client's retries and membership changes.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithNATSOptions sets the NATS options Dial connects with (TLS,
+// credentials, name, ...).
+func WithNATSOptions(opts ...nats.Option) Option {
+	return func(o *options) { o.natsOpts = append(o.natsOpts, opts...) }
+}
+
+// LocalHost returns this machine's host name, for WithPreferredHost.
+func LocalHost() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+// Client talks to a natlog node or cluster over a NATS connection. It is
+// safe for concurrent use.
+type Client struct {
+	nc       *nats.Conn
+	ownConn  bool
+	opts     options
+	subjects protocol.Subjects
+	producer string
+	seq      atomic.Uint64
+
+	mu       sync.Mutex
+	view     view
+	rr       uint64
+	refreshC chan struct{}
+
+	window    chan struct{} // AppendAsync slots
+	prodMu    sync.Mutex
+	producers map[string]*producer
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// view is what the client knows of the cluster.
+type view struct {
+	status  protocol.ClusterStatus
+	readers []string // nodes that serve reads, in a stable order
+	at      time.Time
+}
+
+// Connect returns a client on nc, which stays the caller's. It asks the
+// nodes for the cluster's membership and fails if none answers within
+// the request timeout.
+func Connect(nc *nats.Conn, opts ...Option) (*Client, error) {
+	return newClient(nc, false, opts)
+}
+
+// Dial connects to NATS at url (comma-separated URLs; the options of
+// WithNATSOptions apply) and returns a client that owns the connection.
+func Dial(url string, opts ...Option) (*Client, error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("natlog client")}, o.natsOpts...)...)
+	if err != nil {
+		return nil, err
+	}
+	c, err := newClient(nc, true, opts)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	subj, err := protocol.NewSubjects(o.prefix)
+	if err != nil {
+		return nil, err
+	}
+	if o.producerID == "" {
+		o.producerID = nuid.Next()
+	}
+	if o.maxPending < 1 || o.maxBatch < 1 || o.timeout <= 0 {
+		return nil, errors.New("natlog client: max pending, max batch and the request timeout must be positive")
+	}
+	c := &Client{nc: nc, ownConn: own, opts: o, subjects: subj, producer: o.producerID,
+		refreshC: make(chan struct{}, 1), window: make(chan struct{}, o.maxPending),
+		producers: map[string]*producer{}}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(c.ctx, o.timeout)
+	defer cancel()
+	if err := c.refresh(ctx); err != nil {
+		return nil, &Error{Op: "connect", Err: err, Attempts: 1}
+	}
+	c.wg.Add(1)
+	go c.refresher()
+	return c, nil
+}
+
+// Close stops the client. Appends still queued by AppendAsync fail with
+// ErrClosed; call Flush first to wait for them. A connection given to
+// Connect stays open.
+func (c *Client) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	c.cancel()
+	c.wg.Wait()
+	if c.ownConn {
+		c.nc.Close()
+	}
+	return nil
+}
+
+// Conn returns the client's NATS connection.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// Status asks a node for the cluster's status (any node; see StatusOf).
+func (c *Client) Status(ctx context.Context) (protocol.ClusterStatus, error) {
+	var st protocol.ClusterStatus
+	m, err := c.do(ctx, "status", "", true, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Status()} })
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		return st, &Error{Op: "status", Err: err}
+	}
+	return st, nil
+}
+
+// StatusOf asks the node id for its view of the cluster.
+func (c *Client) StatusOf(ctx context.Context, id string) (protocol.ClusterStatus, error) {
+	var st protocol.ClusterStatus
+	m, err := c.do(ctx, "status", "", true, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Node(id).Status()} })
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		return st, &Error{Op: "status", Err: err}
+	}
+	return st, nil
+}
+
+// Leader returns the id of the leader the client knows of ("" if none).
+func (c *Client) Leader() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.view.status.Leader
+}
+
+// Nodes returns the ids of the nodes the client routes reads to.
+func (c *Client) Nodes() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.view.readers)
+}
+
+// refresh asks any node for the status and updates the view.
+func (c *Client) refresh(ctx context.Context) error {
+	m, err := c.nc.RequestWithContext(ctx, c.subjects.Status(), nil)
+	if err != nil {
+		return err
+	}
+	if perr := protocol.ReplyError(m.Header, m.Data); perr != nil {
+		return perr
+	}
+	var st protocol.ClusterStatus
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		return err
+	}
+	var readers, leader []string
+	for _, p := range st.Peers {
+		switch {
+		case p.State == "unreachable" || !protocol.ValidLogName(p.ID):
+		case p.ID == st.Leader:
+			leader = append(leader, p.ID)
+		default:
+			readers = append(readers, p.ID)
+		}
+	}
+	if len(readers) == 0 {
+		readers = leader // a single node, or only the leader is up
+	}
+	slices.Sort(readers)
+	c.mu.Lock()
+	old := c.view.status.Leader
+	c.view = view{status: st, readers: readers, at: time.Now()}
+	c.mu.Unlock()
+	if old != st.Leader {
+		c.opts.logger.Debug("natlog client: leader", "leader", st.Leader, "readers", readers)
+	}
+	return nil
+}
+
+// invalidate asks the refresher to refresh the view now.
+func (c *Client) invalidate() {
+	select {
+	case c.refreshC <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Client) refresher() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.opts.refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		case <-c.refreshC:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, c.opts.timeout)
+		if err := c.refresh(ctx); err != nil && c.ctx.Err() == nil {
+			c.opts.logger.Debug("natlog client: refresh", "err", err)
+		}
+		cancel()
+	}
+}
+
+// readNode picks the node for a read: the preferred one while it serves
+// reads, otherwise the next in round-robin order. avoid is a node that
+// just failed. It returns "" if the client should use the shared subject.
+func (c *Client) readNode(avoid string) string {
+	if !c.opts.readFromNodes {
+		return ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rs := c.view.readers
+	if len(rs) == 0 {
+		return ""
+	}
+	if c.opts.preferNode != "" || c.opts.preferHost != "" {
+		for _, p := range c.view.status.Peers {
+			if p.ID != avoid && slices.Contains(rs, p.ID) &&
+				(p.ID == c.opts.preferNode || c.opts.preferHost != "" && p.Host == c.opts.preferHost) {
+				return p.ID
+			}
+		}
+	}
+	for range rs {
+		c.rr++
+		if id := rs[c.rr%uint64(len(rs))]; id != avoid {
+			return id
+		}
+	}
+	return ""
+}
+
+// leaderNode returns the leader's id, or "".
+func (c *Client) leaderNode() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.view.status.Leader
+}
+
+// do sends the request build makes for each attempt until one succeeds,
+// the error is final, or ctx ends. Retries (no responders, not leader,
+// unavailable, and for retryable requests timeouts) wait a jittered
+// exponential backoff and refresh the view. retryTimeouts says a request
+// may be repeated after a timeout (reads; appends with a msg id). Each
+// attempt may take the request timeout plus extra (a long poll's wait).
+func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, extra time.Duration, build func(attempt int) *nats.Msg) (*nats.Msg, error) {
+	if c.closed.Load() {
+		return nil, &Error{Op: op, Log: log, Err: ErrClosed}
+	}
+	backoff := c.opts.backoffMin
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, c.opts.timeout+extra)
+		m, err := c.nc.RequestMsgWithContext(actx, build(attempt))
+		cancel()
+		if err == nil {
+			perr := protocol.ReplyError(m.Header, m.Data)
+			if perr == nil {
+				return m, nil
+			}
+			err = perr
+		}
+		if ctx.Err() != nil {
+			// The caller's deadline: whatever the attempt ended
+			// with, it may have reached a node.
+			_, indefinite := outcome(err)
+			return nil, &Error{Op: op, Log: log, Err: err, Indefinite: indefinite || errors.Is(err, context.DeadlineExceeded), Attempts: attempt}
+		}
+		retry, indefinite := outcome(err)
+		if indefinite && !retryTimeouts {
+			retry = false
+		}
+		if !retry || c.closed.Load() {
+			return nil, &Error{Op: op, Log: log, Err: err, Indefinite: indefinite, Attempts: attempt}
+		}
+		c.opts.logger.Debug("natlog client: retry", "op", op, "log", log, "attempt", attempt, "err", err)
+		c.invalidate()
+		wait := backoff/2 + time.Duration(nuidJitter(int64(backoff/2+1)))
+		backoff = min(backoff*2, c.opts.backoffMax)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			_, ind := outcome(err)
+			return nil, &Error{Op: op, Log: log, Err: err, Indefinite: ind, Attempts: attempt}
+		case <-c.ctx.Done():
+			t.Stop()
+			return nil, &Error{Op: op, Log: log, Err: ErrClosed, Indefinite: indefinite, Attempts: attempt}
+		case <-t.C:
+		}
+	}
+}
+
+var jitterState atomic.Uint64
+
+// nuidJitter returns a pseudo-random number in [0, n): backoff jitter only.
+func nuidJitter(n int64) int64 {
+	x := jitterState.Add(0x9e3779b97f4a7c15)
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	return int64(x % uint64(n))
+}
+
+// nextMsgID returns a fresh Natlog-Msg-Id.
+func (c *Client) nextMsgID() string {
+	return c.producer + "-" + uitoa(c.seq.Add(1))
+}
+
+func uitoa(v uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			return string(b[i:])
+		}
+	}
+}

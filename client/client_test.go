@@ -1,0 +1,349 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/client"
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+func TestSingleNode(t *testing.T) {
+	c := newCluster(t, 0)
+	cl := c.client()
+	ctx := ctxT(t, 30*time.Second)
+
+	off, err := cl.Append(ctx, "orders", []byte("hello"), client.WithHeaders(nats.Header{"Trace-Id": {"abc"}}))
+	if err != nil || off != 0 {
+		t.Fatalf("Append = %d, %v", off, err)
+	}
+	mid := time.Now()
+	res, err := cl.AppendBatch(ctx, "orders", []client.Record{
+		{Value: []byte("a"), Headers: nats.Header{"K": {"1", "2"}}}, {Value: []byte("b")}, {Value: nil},
+	})
+	if err != nil || res.First != 1 || res.Last != 3 || res.Count != 3 {
+		t.Fatalf("AppendBatch = %+v, %v", res, err)
+	}
+	r, err := cl.Read(ctx, "orders", 0)
+	if err != nil || r.Offset != 0 || string(r.Value) != "hello" || r.Headers.Get("Trace-Id") != "abc" || r.Time == 0 {
+		t.Fatalf("Read 0 = %+v, %v", r, err)
+	}
+	if r.Headers.Get(protocol.HeaderMsgID) == "" {
+		t.Errorf("append stored no Natlog-Msg-Id: %v", r.Headers)
+	}
+	b, err := cl.Fetch(ctx, "orders", 1, client.FetchOptions{Max: 2})
+	if err != nil || len(b.Records) != 2 || b.Next != 3 || b.End != 4 || string(b.Records[1].Value) != "b" ||
+		len(b.Records[0].Headers["K"]) != 2 {
+		t.Fatalf("Fetch = %+v, %v", b, err)
+	}
+	b, err = cl.Fetch(ctx, "orders", 0, client.FetchOptions{StartTime: mid})
+	if err != nil || len(b.Records) != 3 || b.Records[0].Offset != 1 {
+		t.Fatalf("Fetch from time = %+v, %v", b, err)
+	}
+
+	// A definite error, typed.
+	_, err = cl.Read(ctx, "orders", 99)
+	if !errors.Is(err, client.ErrOffsetOutOfRange) || client.IsIndefinite(err) {
+		t.Fatalf("Read 99: %v", err)
+	}
+	_, err = cl.Read(ctx, "nope", 0)
+	if !errors.Is(err, client.ErrUnknownLog) {
+		t.Fatalf("Read of a missing log: %v", err)
+	}
+	_, err = cl.Append(ctx, "bad.name", []byte("x"))
+	if !errors.Is(err, client.ErrBadLogName) {
+		t.Fatalf("Append to a bad name: %v", err)
+	}
+	// A retry with the same msg id writes nothing.
+	o1, err1 := cl.Append(ctx, "orders", []byte("once"), client.WithMsgID("m-1"))
+	o2, err2 := cl.Append(ctx, "orders", []byte("once"), client.WithMsgID("m-1"))
+	if err1 != nil || err2 != nil || o1 != o2 {
+		t.Fatalf("dedup: %d %v, %d %v", o1, err1, o2, err2)
+	}
+	// Conditional appends.
+	if _, err := cl.Append(ctx, "orders", []byte("x"), client.WithExpectedOffset(3)); !errors.Is(err, client.ErrExpectedOffset) {
+		t.Fatalf("expected offset 3: %v", err)
+	}
+	if o, err := cl.Append(ctx, "orders", []byte("x"), client.WithExpectedOffset(5)); err != nil || o != 5 {
+		t.Fatalf("expected offset 5: %d, %v", o, err)
+	}
+
+	// AppendAsync keeps the order of the calls, and Consume sees it all.
+	var futs []*client.AppendFuture
+	for i := range 500 {
+		f, err := cl.AppendAsync(ctx, "async", []byte(strconv.Itoa(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		futs = append(futs, f)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range futs {
+		if off, err := f.Wait(ctx); err != nil || off != uint64(i) {
+			t.Fatalf("future %d: %d, %v", i, off, err)
+		}
+	}
+	n := 0
+	for r, err := range cl.Records(ctx, "async") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Offset != uint64(n) || string(r.Value) != strconv.Itoa(n) {
+			t.Fatalf("record %d: %d %q", n, r.Offset, r.Value)
+		}
+		if n++; n == 500 {
+			break
+		}
+	}
+
+	// Info, Logs, Create, Delete.
+	info, err := cl.Info(ctx, "async")
+	if err != nil || info.NextOffset != 500 {
+		t.Fatalf("Info = %+v, %v", info, err)
+	}
+	seg := int64(1 << 20)
+	if _, err := cl.Create(ctx, "made", protocol.LogSettings{MaxSegmentBytes: &seg}); err != nil {
+		t.Fatal(err)
+	}
+	logs, err := cl.Logs(ctx)
+	if err != nil || len(logs) != 3 {
+		t.Fatalf("Logs = %v, %v", logs, err)
+	}
+	if err := cl.Delete(ctx, "made"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A consumer started from the end waits for new records; one started at a
+// time starts there.
+func TestConsumeFromEndAndTime(t *testing.T) {
+	c := newCluster(t, 0)
+	cl := c.client()
+	ctx := ctxT(t, 30*time.Second)
+	for i := range 3 {
+		if _, err := cl.Append(ctx, "l", []byte{byte('a' + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan client.Record, 10)
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- cl.Consume(cctx, "l", func(r client.Record) error { got <- r; return nil },
+			client.FromEnd(), client.WithPollWait(200*time.Millisecond))
+	}()
+	// The consumer started at the end: wait until it is polling there.
+	eventually(t, 10*time.Second, "the consumer to poll", func() bool {
+		info, err := cl.Info(ctx, "l")
+		return err == nil && info.NextOffset == 3
+	})
+	if _, err := cl.Append(ctx, "l", []byte("d")); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	// FromEnd may have resolved before or after "d" was appended: it
+	// saw either 3 (and delivers d) or 4 (and waits for the next).
+	if r.Offset != 3 || string(r.Value) != "d" {
+		t.Fatalf("from the end: got %d %q", r.Offset, r.Value)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Consume returned %v", err)
+	}
+}
+
+// The test: a producer with AppendAsync and a consumer with
+// Consume run while the leader is stopped and replaced; the consumer sees
+// every acknowledged record exactly once, in order, and nothing is
+// appended twice.
+func TestFailoverProducerConsumer(t *testing.T) {
+	c := newCluster(t, 3)
+	cl := c.client(client.WithAsyncTimeout(time.Minute), client.WithMaxPending(64))
+	first := c.leader(cl)
+	ctx := ctxT(t, 3*time.Minute)
+	const total = 1500
+
+	var mu sync.Mutex
+	var seen []string
+	consumed := make(chan struct{})
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	consumeErr := make(chan error, 1)
+	go func() {
+		consumeErr <- cl.Consume(cctx, "events", func(r client.Record) error {
+			mu.Lock()
+			seen = append(seen, string(r.Value))
+			n := len(seen)
+			mu.Unlock()
+			if n == total {
+				close(consumed)
+			}
+			return nil
+		}, client.WithPollWait(time.Second))
+	}()
+
+	futs := make([]*client.AppendFuture, 0, total)
+	for i := range total {
+		if i == total/3 {
+			// Stop the leader with appends in flight; bring it back
+			// once another leads.
+			c.stop(first)
+			eventually(t, 30*time.Second, "a new leader", func() bool {
+				l := c.leader(cl)
+				return l != "" && l != first
+			})
+			c.start(first, 3)
+		}
+		f, err := cl.AppendAsync(ctx, "events", []byte(fmt.Sprintf("v%04d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		futs = append(futs, f)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	offsets := map[uint64]int{}
+	for i, f := range futs {
+		off, err := f.Wait(ctx)
+		if err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+		if j, dup := offsets[off]; dup {
+			t.Fatalf("appends %d and %d both at offset %d", j, i, off)
+		}
+		offsets[off] = i
+		if i > 0 && off <= futs[i-1].Offset() {
+			t.Fatalf("append %d at %d, not after append %d at %d", i, off, i-1, futs[i-1].Offset())
+		}
+	}
+	select {
+	case <-consumed:
+	case err := <-consumeErr:
+		t.Fatalf("consumer stopped: %v", err)
+	case <-ctx.Done():
+		mu.Lock()
+		t.Fatalf("consumer saw %d of %d records", len(seen), total)
+	}
+	cancel()
+	<-consumeErr
+	mu.Lock()
+	defer mu.Unlock()
+	for i, v := range seen[:total] {
+		if want := fmt.Sprintf("v%04d", i); v != want {
+			t.Fatalf("consumer record %d is %q, want %q", i, v, want)
+		}
+	}
+	info, err := cl.Info(ctx, "events")
+	if err != nil || info.Records != total || info.NextOffset != total {
+		t.Fatalf("log has %+v, %v: want exactly %d records (none twice)", info, err, total)
+	}
+	if len(seen) != total {
+		t.Fatalf("consumer saw %d records, want %d", len(seen), total)
+	}
+}
+
+// Reads are routed round-robin over the followers: each one serves some,
+// as its read counter in the status shows.
+func TestReadsSpreadOverReplicas(t *testing.T) {
+	c := newCluster(t, 3)
+	cl := c.client()
+	leader := c.leader(cl)
+	ctx := ctxT(t, time.Minute)
+	if _, err := cl.AppendBatch(ctx, "spread", []client.Record{{Value: []byte("a")}, {Value: []byte("b")}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the client to see two followers", func() bool { return len(cl.Nodes()) == 2 })
+	// Let the followers apply the appends: a follower without them would
+	// defer to the leader, which would then count a read.
+	lst, err := cl.StatusOf(ctx, leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the followers to apply the appends", func() bool {
+		for _, id := range cl.Nodes() {
+			st, err := cl.StatusOf(ctx, id)
+			if err != nil || st.AppliedIndex < lst.CommitIndex {
+				return false
+			}
+		}
+		return true
+	})
+	for i := range 40 {
+		if _, err := cl.Read(ctx, "spread", uint64(i%2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var reads map[string]uint64
+	eventually(t, 10*time.Second, "both followers to report reads", func() bool {
+		st, err := cl.StatusOf(ctx, leader)
+		if err != nil {
+			return false
+		}
+		reads = map[string]uint64{}
+		var sum uint64
+		for _, p := range st.Peers {
+			reads[p.ID] = p.Reads
+			sum += p.Reads
+		}
+		return sum >= 40
+	})
+	for id, n := range reads {
+		if id == leader && n != 0 {
+			t.Errorf("leader %s served %d reads, want 0 (followers serve them)", id, n)
+		}
+		if id != leader && n < 10 {
+			t.Errorf("follower %s served %d of 40 reads: not spread (%v)", id, n, reads)
+		}
+	}
+
+	// A preferred node takes all reads.
+	pref := cl.Nodes()[0]
+	cp := c.client(client.WithPreferredNode(pref))
+	before := readsOf(t, cp, pref)
+	for range 10 {
+		if _, err := cp.Read(ctx, "spread", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readsOf(t, cp, pref) - before; got != 10 {
+		t.Errorf("preferred node %s served %d of 10 reads", pref, got)
+	}
+}
+
+func readsOf(t *testing.T, cl *client.Client, id string) uint64 {
+	st, err := cl.StatusOf(ctxT(t, 5*time.Second), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Peers {
+		if p.ID == id {
+			return p.Reads
+		}
+	}
+	t.Fatalf("%s not in its own status", id)
+	return 0
+}
+
+// With no node up, a request fails definitely once the context ends; a
+// client cannot connect to nothing.
+func TestNoNodes(t *testing.T) {
+	url := newNATS(t)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := client.Connect(nc, client.WithRequestTimeout(200*time.Millisecond)); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("Connect with no nodes: %v", err)
+	}
+}

@@ -1,0 +1,41 @@
+// Package client is natlog's Go client: it appends to and reads from a
+// natlog node or cluster over NATS, and does what the protocol leaves to
+// clients.
+//
+//	nc, _ := nats.Connect(nats.DefaultURL)
+//	c, err := client.Connect(nc)          // asks the cluster who is in it
+//	off, err := c.Append(ctx, "orders", []byte("hello"))
+//	rec, err := c.Read(ctx, "orders", off)
+//	err = c.Consume(ctx, "orders", func(r client.Record) error { ...; return nil })
+//
+// Routing. Appends go to the leader: only the leader subscribes to the
+// append subjects, so NATS delivers them there. Reads go to a replica the
+// client picks, round-robin over the followers and read replicas (the
+// leader only when it is alone), or to a preferred node or host
+// (WithPreferredNode, WithPreferredHost), on the node's own subjects
+// (<prefix>.node.<id>.read.<log>). The client learns the membership and
+// the leader from the nodes' status replies, every WithRefreshInterval and
+// after any failure.
+//
+// Retries. Every append carries a Natlog-Msg-Id ("<producer>-<sequence>"),
+// so the client retries appends after a timeout, "no responders" (an
+// election), or "not leader", with jittered exponential backoff, within
+// the context's deadline, and a retry is never written twice (within the
+// nodes' dedup window). When the context ends first, the *Error says
+// whether the outcome is definite (nothing written) or indefinite
+// (IsIndefinite: it may have been written; retry WithMsgID to be sure).
+//
+// Batching. AppendAsync queues records and sends each log's queue as
+// batches, one request in flight per log, so that a busy producer pays one
+// round trip and one fsync per batch, and the records of one client keep
+// their order. AppendBatch sends one atomic batch.
+//
+// Consuming. Consume (or the Records iterator) delivers every record from
+// a starting offset or time in order, long-polling at the end of the log,
+// and goes on through failures from the offset after the last record it
+// delivered: a replica that is behind waits until it holds that offset
+// (the read request's min_offset), so nothing is skipped or repeated.
+//
+// The package imports nothing of the server but the wire types in
+// sidecar/protocol.
+package client

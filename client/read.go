@@ -1,0 +1,345 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natlog/natlog/sidecar/protocol"
+)
+
+// readMsg builds a read request for an attempt: to a replica chosen by the
+// client (avoiding the one the previous attempt went to), or to the
+// shared subject. It records the node in *node.
+func (c *Client) readMsg(log string, body []byte, hdr nats.Header, node *string) func(int) *nats.Msg {
+	return func(attempt int) *nats.Msg {
+		avoid := ""
+		if attempt > 1 {
+			avoid = *node
+		}
+		*node = c.readNode(avoid)
+		subj := c.subjects.Read(log)
+		if *node != "" {
+			subj = c.subjects.Node(*node).Read(log)
+		}
+		return &nats.Msg{Subject: subj, Data: body, Header: hdr}
+	}
+}
+
+// behind reports whether err is an offset-out-of-range or unknown-log
+// answer from a replica that is not the leader, which may only be behind.
+func (c *Client) behind(err error, node string) (leader string, ok bool) {
+	if !errors.Is(err, protocol.ErrOffsetOutOfRange) && !errors.Is(err, protocol.ErrUnknownLog) || node == "" {
+		return "", false
+	}
+	leader = c.leaderNode()
+	return leader, leader != "" && leader != node
+}
+
+// Read returns the record at offset of log, from a replica the client
+// chooses (see WithPreferredNode). A replica answers from what it has
+// applied; if it does not have the offset yet, the client asks the leader,
+// so a record whose append was acknowledged is always found.
+func (c *Client) Read(ctx context.Context, log string, offset uint64) (Record, error) {
+	body := strconv.AppendUint(nil, offset, 10)
+	var node string
+	m, err := c.do(ctx, "read", log, true, 0, c.readMsg(log, body, nil, &node))
+	if leader, ok := c.behind(err, node); ok {
+		m, err = c.do(ctx, "read", log, true, 0, func(int) *nats.Msg {
+			return &nats.Msg{Subject: c.subjects.Node(leader).Read(log), Data: body}
+		})
+	}
+	if err != nil {
+		return Record{}, err
+	}
+	r := Record{Value: m.Data, Headers: nats.Header{}}
+	for k, v := range m.Header {
+		switch k {
+		case protocol.HeaderOffset:
+			r.Offset, err = strconv.ParseUint(m.Header.Get(k), 10, 64)
+		case protocol.HeaderTime:
+			r.Time, err = strconv.ParseInt(m.Header.Get(k), 10, 64)
+		default:
+			r.Headers[k] = v
+		}
+		if err != nil {
+			return Record{}, &Error{Op: "read", Log: log, Err: fmt.Errorf("bad %s header: %w", k, err)}
+		}
+	}
+	return r, nil
+}
+
+// FetchOptions shape a batch read. Zero values take the node's defaults.
+type FetchOptions struct {
+	// Max is the most records returned (the node's default is 1000).
+	Max int
+	// MaxBytes bounds the record data returned (the first record is
+	// returned whatever its size).
+	MaxBytes int
+	// Wait is how long the node waits for a record when the offset is
+	// the log's end (long polling); 0 answers at once.
+	Wait time.Duration
+	// MinOffset, if set, makes the replica wait until it holds this
+	// offset before reading (read-your-writes).
+	MinOffset *uint64
+	// Linearizable makes the read see every append acknowledged before
+	// it began (a round trip to the leader).
+	Linearizable bool
+	// StartTime, if not zero, reads from the first record at or after
+	// it instead of from the offset.
+	StartTime time.Time
+}
+
+// Batch is the reply of a batch read.
+type Batch struct {
+	Records []Record
+	// Next is the offset to read next; Lowest and End the log's first
+	// offset and end (next append's offset) as the replica saw them.
+	Next, Lowest, End uint64
+}
+
+// Fetch reads records of log from offset, from a replica the client
+// chooses; a replica that does not have offset yet defers to the leader.
+func (c *Client) Fetch(ctx context.Context, log string, offset uint64, fo FetchOptions) (Batch, error) {
+	req := protocol.ReadRequest{Offset: offset, Max: fo.Max, MaxBytes: fo.MaxBytes,
+		WaitMs: fo.Wait.Milliseconds(), MinOffset: fo.MinOffset, Linearizable: fo.Linearizable}
+	if !fo.StartTime.IsZero() {
+		t := fo.StartTime.UnixNano()
+		req.StartTime = &t
+	}
+	body := req.AppendMsgpack(nil)
+	hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}
+	var node string
+	m, err := c.do(ctx, "fetch", log, true, fo.Wait, c.readMsg(log, body, hdr, &node))
+	if leader, ok := c.behind(err, node); ok {
+		m, err = c.do(ctx, "fetch", log, true, fo.Wait, func(int) *nats.Msg {
+			return &nats.Msg{Subject: c.subjects.Node(leader).Read(log), Data: body, Header: hdr}
+		})
+	}
+	if err != nil {
+		return Batch{}, err
+	}
+	rep, err := protocol.DecodeReadReply(m.Data)
+	if err != nil {
+		return Batch{}, &Error{Op: "fetch", Log: log, Err: err}
+	}
+	b := Batch{Records: make([]Record, len(rep.Records)), Next: rep.Next, Lowest: rep.Lowest, End: rep.End}
+	for i, r := range rep.Records {
+		b.Records[i] = Record{Offset: r.Offset, Time: r.Time, Headers: nats.Header(r.Headers), Value: r.Value}
+	}
+	return b, nil
+}
+
+// ConsumeOption sets where a consumer starts and how it polls.
+type ConsumeOption func(*consumeOpts)
+
+type consumeOpts struct {
+	from      uint64
+	fromTime  time.Time
+	fromStart bool
+	fromEnd   bool
+	batch     int
+	wait      time.Duration
+}
+
+// FromOffset starts at offset.
+func FromOffset(off uint64) ConsumeOption {
+	return func(o *consumeOpts) { *o = consumeOpts{from: off, batch: o.batch, wait: o.wait} }
+}
+
+// FromTime starts at the first record at or after t.
+func FromTime(t time.Time) ConsumeOption {
+	return func(o *consumeOpts) { *o = consumeOpts{fromTime: t, batch: o.batch, wait: o.wait} }
+}
+
+// FromStart starts at the log's oldest record (the default).
+func FromStart() ConsumeOption {
+	return func(o *consumeOpts) { *o = consumeOpts{fromStart: true, batch: o.batch, wait: o.wait} }
+}
+
+// FromEnd starts after the log's newest record: only new records.
+func FromEnd() ConsumeOption {
+	return func(o *consumeOpts) { *o = consumeOpts{fromEnd: true, batch: o.batch, wait: o.wait} }
+}
+
+// WithBatchSize sets the most records a consumer asks for at once (1000).
+func WithBatchSize(n int) ConsumeOption { return func(o *consumeOpts) { o.batch = n } }
+
+// WithPollWait sets how long a consumer's read waits at the end of the
+// log before it asks again (5 s; the node caps it with --max-read-wait).
+func WithPollWait(d time.Duration) ConsumeOption { return func(o *consumeOpts) { o.wait = d } }
+
+// errStop ends Consume from Records when the loop breaks.
+var errStop = errors.New("stop")
+
+// Consume calls fn with every record of log from the starting point (see
+// FromOffset, FromTime, FromStart, FromEnd) in offset order, waiting for
+// new records as they are appended, until ctx ends (it returns ctx's
+// error) or fn returns an error (it returns that error). It reads from
+// replicas the client chooses and goes on through node failures and
+// leader changes from the offset after the last one it delivered, never
+// skipping or repeating one: a replica that is behind waits until it has
+// caught up before it answers. It waits for a log that does not exist
+// yet. It fails if records it has not delivered are removed by retention
+// before it reads them (ErrOffsetOutOfRange).
+func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error, opts ...ConsumeOption) error {
+	o := consumeOpts{fromStart: true, batch: 1000, wait: 5 * time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	var next uint64
+	started := false // next is known
+	delivered := false
+	backoff := c.opts.backoffMin
+	pause := func() error {
+		t := time.NewTimer(backoff)
+		defer t.Stop()
+		backoff = min(2*backoff, c.opts.backoffMax)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return &Error{Op: "consume", Log: log, Err: ErrClosed}
+		case <-t.C:
+			return nil
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		fo := FetchOptions{Max: o.batch, Wait: o.wait}
+		switch {
+		case started:
+		case !o.fromTime.IsZero():
+			fo.StartTime = o.fromTime
+		case o.fromStart || o.fromEnd:
+			info, err := c.Info(ctx, log)
+			if errors.Is(err, protocol.ErrUnknownLog) {
+				if err := pause(); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			next, started = info.FirstOffset, true
+			if o.fromEnd {
+				next = info.NextOffset
+			}
+		default:
+			next, started = o.from, true
+		}
+		if started && next > 0 {
+			// A replica must hold everything before next: one that
+			// is behind (after a failover, say) waits to catch up
+			// instead of answering "out of range".
+			mo := next - 1
+			fo.MinOffset = &mo
+		}
+		b, err := c.Fetch(ctx, log, next, fo)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			retry, _ := outcome(err)
+			if retry || errors.Is(err, protocol.ErrUnknownLog) || IsIndefinite(err) {
+				if err := pause(); err != nil {
+					return err
+				}
+				continue
+			}
+			if errors.Is(err, protocol.ErrOffsetOutOfRange) && !delivered && o.fromStart {
+				started = false // the oldest records went meanwhile: look again
+				continue
+			}
+			return err
+		}
+		backoff = c.opts.backoffMin
+		if !started {
+			next, started = b.Next-uint64(len(b.Records)), true
+		}
+		for _, r := range b.Records {
+			if r.Offset != next {
+				return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", r.Offset, next)}
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+			next++
+			delivered = true
+		}
+	}
+}
+
+// Records iterates over the records of log as Consume delivers them. An
+// error ends the iteration with (Record{}, err).
+func (c *Client) Records(ctx context.Context, log string, opts ...ConsumeOption) iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		err := c.Consume(ctx, log, func(r Record) error {
+			if !yield(r, nil) {
+				return errStop
+			}
+			return nil
+		}, opts...)
+		if err != nil && err != errStop {
+			yield(Record{}, err)
+		}
+	}
+}
+
+// Info describes log (any node answers, from what it has applied).
+func (c *Client) Info(ctx context.Context, log string) (protocol.LogInfo, error) {
+	var info protocol.LogInfo
+	m, err := c.do(ctx, "info", log, true, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Info(log)} })
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(m.Data, &info); err != nil {
+		return info, &Error{Op: "info", Log: log, Err: err}
+	}
+	return info, nil
+}
+
+// Logs lists the logs, sorted by name.
+func (c *Client) Logs(ctx context.Context) ([]protocol.LogInfo, error) {
+	var rep protocol.LogsReply
+	m, err := c.do(ctx, "logs", "", true, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Logs()} })
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return nil, &Error{Op: "logs", Err: err}
+	}
+	return rep.Logs, nil
+}
+
+// Create creates log with its own settings (idempotent for equal ones).
+func (c *Client) Create(ctx context.Context, log string, settings protocol.LogSettings) (protocol.LogInfo, error) {
+	var info protocol.LogInfo
+	body, err := json.Marshal(settings)
+	if err != nil {
+		return info, err
+	}
+	m, err := c.do(ctx, "create", log, true, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Create(log), Data: body} })
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(m.Data, &info); err != nil {
+		return info, &Error{Op: "create", Log: log, Err: err}
+	}
+	return info, nil
+}
+
+// Delete deletes log and all its records.
+func (c *Client) Delete(ctx context.Context, log string) error {
+	_, err := c.do(ctx, "delete", log, false, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Delete(log)} })
+	return err
+}
