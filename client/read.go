@@ -343,3 +343,13 @@ func (c *Client) Delete(ctx context.Context, log string) error {
 	_, err := c.do(ctx, "delete", log, false, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Delete(log)} })
 	return err
 }
+
+// RemoveNode removes member id from the cluster's Raft configuration,
+// through the leader: for a node that crashed and will not come back (a
+// running node announces itself and is added back).
+func (c *Client) RemoveNode(ctx context.Context, id string) error {
+	_, err := c.do(ctx, "remove", "", false, 0, func(int) *nats.Msg {
+		return &nats.Msg{Subject: c.subjects.Prefix() + ".cluster.remove", Data: []byte(id)}
+	})
+	return err
+}
