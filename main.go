@@ -5,6 +5,7 @@
 //	natlog read LOG OFFSET       read records
 //	natlog tail LOG [-f]         show the newest records, and follow
 //	natlog logs | info LOG | status | create LOG | delete LOG
+//	natlog bench                 natlog and NATS JetStream side by side
 //
 // Every flag can also be set from the environment: --data-dir from
 // NATLOG_DATA_DIR, and so on (--server also from NATS_URL). Run
@@ -19,6 +20,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/natlog/natlog/bench"
 )
 
 // version is the natlog version, reported by "natlog version", in status
@@ -45,6 +48,8 @@ func init() {
 		{"cluster", "administer a cluster: natlog cluster remove NODE", runCluster},
 		{"create", "create a log with its own settings: natlog create LOG [--segment-bytes N] ...", runCreate},
 		{"delete", "delete a log and all its records: natlog delete LOG", runDelete},
+		{"bench", "measure natlog and NATS JetStream side by side: natlog bench [--quick] [--chart FILE.png]", runBench},
+		{"bench-jetstream-server", "", bench.RunJetStreamServer}, // hidden: the JetStream server natlog bench starts
 		{"version", "print the version", func([]string, io.Writer, io.Writer) error { fmt.Println("natlog", version); return nil }},
 	}
 }
@@ -89,6 +94,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "natlog %s: a durable commit log served over NATS\n\nUsage: natlog COMMAND [flags] [args]\n\nCommands:\n", version)
 	for _, c := range commands {
+		if c.summary == "" {
+			continue // a hidden command
+		}
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun \"natlog COMMAND --help\" for a command's flags. Every flag can also be set\n"+
