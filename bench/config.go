@@ -102,12 +102,12 @@ func DefaultConfig() Config {
 		Modes:        append([]Mode(nil), AllModes...),
 		Durabilities: []Durability{Matched, Default},
 		Rounds:       3,
-		Warmup:       300 * time.Millisecond,
-		Duration:     1500 * time.Millisecond,
+		Warmup:       250 * time.Millisecond,
+		Duration:     time.Second,
 		Window:       256,
 		BatchSize:    100,
 		ReadMax:      1000,
-		Prefill:      20000,
+		Prefill:      10000,
 		JSONPath:     "bench-results.json",
 	}
 }

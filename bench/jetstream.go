@@ -75,10 +75,12 @@ func (t *jsTarget) Setup(ctx context.Context) error {
 		AllowDirect:        true,
 		AllowAtomicPublish: true,
 	}
-	// A new cluster answers "JetStream not ready" or nothing at all until
-	// its meta group has a leader: retry.
-	err := retry(ctx, 100*time.Millisecond, func() error {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// A new cluster answers "JetStream not ready", or nothing at all, until
+	// its meta group has a leader: retry, each attempt short (a request
+	// sent too early is never answered). Creating an existing stream with
+	// the same configuration succeeds, so a slow attempt does no harm.
+	err := retry(ctx, 50*time.Millisecond, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer cancel()
 		s, err := t.js.CreateStream(cctx, cfg)
 		if err != nil {
@@ -261,19 +263,29 @@ func (t *jsTarget) ReadNext(ctx context.Context, max int, total uint64) (int, er
 		t.ordered, t.pos = c, 0
 	}
 	want := int(min(uint64(max), total-t.pos))
-	batch, err := t.ordered.Fetch(want, jetstream.FetchMaxWait(opTimeout))
-	if err != nil {
-		return 0, err
-	}
+	// In a cluster a new consumer's pull subject may not have reached
+	// this client's server yet ("no responders"): retry for a while.
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	n := 0
-	for range batch.Messages() {
-		n++
-	}
-	if err := batch.Error(); err != nil {
+	err := retry(rctx, 10*time.Millisecond, func() error {
+		batch, err := t.ordered.Fetch(want, jetstream.FetchMaxWait(opTimeout))
+		if err != nil {
+			return err
+		}
+		for range batch.Messages() {
+			n++
+		}
+		if err := batch.Error(); err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("jetstream: fetch at %d returned nothing", t.pos)
+		}
+		return nil
+	}, func(err error) bool { return n == 0 && errors.Is(err, nats.ErrNoResponders) })
+	if err != nil {
 		return n, err
-	}
-	if n == 0 {
-		return 0, fmt.Errorf("jetstream: fetch at %d returned nothing", t.pos)
 	}
 	t.pos += uint64(n)
 	return n, nil

@@ -240,6 +240,7 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 		cleanup func(context.Context) error
 		err     error
 	)
+	began := time.Now()
 	external := (system == SystemNatlog && cfg.ServerURL != "") || (system == SystemJetStream && cfg.JetStreamURL != "")
 	switch {
 	case system == SystemNatlog && external:
@@ -265,8 +266,10 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 		if srv == nil {
 			return nil
 		}
+		t0 := time.Now()
 		cpu, rss, err := srv.stop()
 		f.ServerCPUSeconds, f.ServerPeakRSSMB = cpu, rss
+		f.StopSeconds = time.Since(t0).Seconds()
 		srv = nil
 		return err
 	}
@@ -302,6 +305,7 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 	if err := t.Setup(setupCtx); err != nil {
 		return f, withServerLog(err, srv)
 	}
+	f.StartSeconds = time.Since(began).Seconds()
 	if cleanup != nil {
 		defer func() {
 			if cleanup != nil {

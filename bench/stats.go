@@ -28,6 +28,11 @@ type Figures struct {
 	// Zero when the servers were not started by the benchmark.
 	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
 	ServerPeakRSSMB  float64 `json:"server_peak_rss_mb"` // sum of each process's peak RSS, MiB
+	// StartSeconds is how long the servers took to start and be ready
+	// (a leader, the log or stream created); StopSeconds how long they
+	// took to stop.
+	StartSeconds float64 `json:"start_seconds,omitempty"`
+	StopSeconds  float64 `json:"stop_seconds,omitempty"`
 	Errors           int64   `json:"errors"`
 }
 
