@@ -12,30 +12,28 @@ import (
 )
 
 // The commands that describe and manage logs: logs, info, status, create,
-// delete.
+// delete, cluster remove.
 
 func runLogs(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("logs", "", stderr)
 	c.register(fs)
 	if _, err := c.parse(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Logs()); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Logs(), nil, nil)
+	ctx, cancel := c.context()
+	defer cancel()
+	logs, err := c.cl.Logs(ctx)
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
+	rep := protocol.LogsReply{Logs: logs}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", m.Data)
-		return nil
-	}
-	var rep protocol.LogsReply
-	if err := json.Unmarshal(m.Data, &rep); err != nil {
-		return fmt.Errorf("bad logs reply: %v", err)
+		return printJSON(stdout, rep)
 	}
 	if len(rep.Logs) == 0 {
 		fmt.Fprintln(stdout, "no logs (an append creates one: natlog append LOG VALUE)")
@@ -51,6 +49,16 @@ func runLogs(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\t%s\n", l.Log, l.Records, l.FirstOffset, lastOffset(l), l.Segments, humanBytes(l.Bytes), l.Sync)
 	}
 	return tw.Flush()
+}
+
+// printJSON prints v as the node's JSON reply would read.
+func printJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
 }
 
 func lastOffset(l protocol.LogInfo) string {
@@ -99,55 +107,49 @@ func printInfo(w io.Writer, l protocol.LogInfo) {
 }
 
 func runInfo(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("info", "LOG", stderr)
 	c.register(fs)
 	pos, err := c.parse(fs, args, 1, "LOG")
 	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Info(pos[0])); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Info(pos[0]), nil, nil)
+	ctx, cancel := c.context()
+	defer cancel()
+	l, err := c.cl.Info(ctx, pos[0])
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", m.Data)
-		return nil
-	}
-	var l protocol.LogInfo
-	if err := json.Unmarshal(m.Data, &l); err != nil {
-		return fmt.Errorf("bad info reply: %v", err)
+		return printJSON(stdout, l)
 	}
 	printInfo(stdout, l)
 	return nil
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("status", "", stderr)
 	c.register(fs)
 	if _, err := c.parse(fs, args, 0, "no arguments"); err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Status()); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Status(), nil, nil)
+	ctx, cancel := c.context()
+	defer cancel()
+	st, err := c.cl.Status(ctx)
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", m.Data)
-		return nil
-	}
-	var st protocol.ClusterStatus
-	if err := json.Unmarshal(m.Data, &st); err != nil {
-		return fmt.Errorf("bad status reply: %v", err)
+		return printJSON(stdout, st)
 	}
 	mode := st.Mode + " mode"
 	if st.Cluster != "" {
@@ -170,7 +172,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 }
 
 func runCreate(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("create", "LOG [settings]   (unset settings follow the node's defaults)", stderr)
 	c.register(fs)
 	segment := fs.String("segment-bytes", "", "size at which the log starts a new segment, e.g. 16MiB")
@@ -207,46 +209,42 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 	if *retSegs >= 0 {
 		s.RetentionSegments = retSegs
 	}
-	body, _ := json.Marshal(s)
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Create(pos[0])); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Create(pos[0]), body, nil)
+	ctx, cancel := c.context()
+	defer cancel()
+	l, err := c.cl.Create(ctx, pos[0], s)
 	if err != nil {
-		return err
+		return c.explain(err)
 	}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", m.Data)
-		return nil
-	}
-	var l protocol.LogInfo
-	if err := json.Unmarshal(m.Data, &l); err != nil {
-		return fmt.Errorf("bad create reply: %v", err)
+		return printJSON(stdout, l)
 	}
 	printInfo(stdout, l)
 	return nil
 }
 
 func runDelete(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("delete", "LOG", stderr)
 	c.register(fs)
 	pos, err := c.parse(fs, args, 1, "LOG")
 	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Delete(pos[0])); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Delete(pos[0]), nil, nil)
-	if err != nil {
-		return err
+	ctx, cancel := c.context()
+	defer cancel()
+	if err := c.cl.Delete(ctx, pos[0]); err != nil {
+		return c.explain(err)
 	}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", m.Data)
-		return nil
+		return printJSON(stdout, protocol.DeleteReply{Log: pos[0], Deleted: true})
 	}
 	fmt.Fprintf(stdout, "%s: deleted\n", strings.TrimSpace(pos[0]))
 	return nil
@@ -257,24 +255,24 @@ func runCluster(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "remove" {
 		return fmt.Errorf("%w: want natlog cluster remove NODE", errUsage)
 	}
-	var c client
+	var c cliConn
 	fs := newFlagSet("cluster remove", "NODE   (remove a member that will not come back; a running node rejoins: stop it first)", stderr)
 	c.register(fs)
 	pos, err := c.parse(fs, args[1:], 1, "NODE")
 	if err != nil {
 		return err
 	}
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Prefix() + ".cluster.remove"); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Prefix()+".cluster.remove", []byte(pos[0]), nil)
-	if err != nil {
-		return err
+	ctx, cancel := c.context()
+	defer cancel()
+	if err := c.cl.RemoveNode(ctx, pos[0]); err != nil {
+		return c.explain(err)
 	}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", m.Data)
-		return nil
+		return printJSON(stdout, map[string]string{"removed": pos[0]})
 	}
 	fmt.Fprintf(stdout, "removed %s from the cluster\n", pos[0])
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,14 +19,16 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natlog/natlog/client"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
-// The client commands: NATS requests to a natlog node, with human output by
-// default and JSON (one object per line) with --json.
+// The client commands: requests to a natlog node or cluster through the Go
+// client (package client), with human output by default and JSON (one
+// object per line) with --json.
 
-// client holds the flags every client command takes and its connection.
-type client struct {
+// cliConn holds the flags every client command takes and its client.
+type cliConn struct {
 	server   string
 	prefix   string
 	timeout  time.Duration
@@ -35,10 +38,12 @@ type client struct {
 	password string
 
 	nc       *nats.Conn
+	cl       *client.Client
 	subjects protocol.Subjects
+	subject  string // what the command asks, named in its error messages
 }
 
-func (c *client) register(fs *flag.FlagSet) {
+func (c *cliConn) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", nats.DefaultURL, "NATS server URL(s) of the natlog node (also from NATS_URL)")
 	fs.StringVar(&c.prefix, "prefix", protocol.DefaultPrefix, "subject prefix the node serves")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "how long to wait for each reply")
@@ -50,7 +55,7 @@ func (c *client) register(fs *flag.FlagSet) {
 
 // parse parses the command line; want is the number of positional
 // arguments (-1: any).
-func (c *client) parse(fs *flag.FlagSet, args []string, want int, names string) ([]string, error) {
+func (c *cliConn) parse(fs *flag.FlagSet, args []string, want int, names string) ([]string, error) {
 	pos, err := parseFlags(fs, args, map[string]string{"server": "NATS_URL"})
 	if err != nil {
 		return nil, err
@@ -64,7 +69,10 @@ func (c *client) parse(fs *flag.FlagSet, args []string, want int, names string) 
 	return pos, nil
 }
 
-func (c *client) connect() error {
+// connect connects to NATS and makes the client, which asks the nodes who
+// is in the cluster. subject is what the command asks, for error messages.
+func (c *cliConn) connect(subject string) error {
+	c.subject = subject
 	opts := []nats.Option{nats.Name("natlog cli"), nats.Timeout(c.timeout)}
 	if c.creds != "" {
 		opts = append(opts, nats.UserCredentials(c.creds))
@@ -76,59 +84,47 @@ func (c *client) connect() error {
 	if err != nil {
 		return fmt.Errorf("cannot connect to NATS at %s: %v (is \"natlog serve\" running? set --server or NATS_URL)", c.server, err)
 	}
-	c.nc = nc
+	cl, err := client.Connect(nc, client.WithPrefix(c.prefix), client.WithRequestTimeout(c.timeout))
+	if err != nil {
+		nc.Close()
+		return c.explain(err)
+	}
+	c.nc, c.cl = nc, cl
 	return nil
 }
 
-func (c *client) close() {
+func (c *cliConn) close() {
+	if c.cl != nil {
+		c.cl.Close()
+	}
 	if c.nc != nil {
 		c.nc.Close()
 	}
 }
 
-// request sends a request and returns the reply, or the error it carries.
-func (c *client) request(subject string, data []byte, hdr nats.Header) (*nats.Msg, error) {
-	return c.requestWithin(subject, data, hdr, c.timeout)
+// context bounds one call of the client, its retries included, by --timeout.
+func (c *cliConn) context() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.timeout)
 }
 
-func (c *client) requestWithin(subject string, data []byte, hdr nats.Header, timeout time.Duration) (*nats.Msg, error) {
-	// During a cluster's election no node holds the append subjects (no
-	// responders) or a deposed leader answers "not leader": retry with
-	// backoff within the timeout. A "not leader" whose outcome is
-	// indefinite is retried only with a Natlog-Msg-Id (which makes the
-	// retry safe).
-	deadline := time.Now().Add(timeout)
-	backoff := 20 * time.Millisecond
-	for {
-		m, err := c.nc.RequestMsg(&nats.Msg{Subject: subject, Data: data, Header: hdr}, time.Until(deadline))
-		retry := errors.Is(err, nats.ErrNoResponders)
-		if err == nil {
-			if e := protocol.ReplyError(m.Header, m.Data); e != nil {
-				if e.ErrCode != protocol.CodeNotLeader || !(hdr.Get(protocol.HeaderMsgID) != "" || strings.Contains(e.Description, "nothing was written")) {
-					return nil, replyError{e}
-				}
-				retry, err = true, replyError{e}
-			}
+// explain turns an error of the client into a message for people: a node's
+// error reply, no node answering, or no reply in time.
+func (c *cliConn) explain(err error) error {
+	var perr *protocol.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &perr):
+		return replyError{perr}
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("no natlog node answers on %s at %s (is \"natlog serve\" running, with --prefix %s? a cluster without a leader?)", c.subject, c.server, c.prefix)
+	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		if client.IsIndefinite(err) && strings.HasPrefix(c.subject, c.subjects.Prefix()+".append.") {
+			return fmt.Errorf("no reply on %s within %s (the append may have been written)", c.subject, c.timeout)
 		}
-		if retry && time.Now().Add(backoff).Before(deadline) {
-			time.Sleep(backoff)
-			backoff = min(2*backoff, 500*time.Millisecond)
-			continue
-		}
-		switch {
-		case errors.Is(err, nats.ErrNoResponders):
-			return nil, fmt.Errorf("no natlog node answers on %s at %s (is \"natlog serve\" running, with --prefix %s? a cluster without a leader?)", subject, c.server, c.prefix)
-		case errors.Is(err, nats.ErrTimeout):
-			return nil, fmt.Errorf("no reply on %s within %s", subject, timeout)
-		case err != nil:
-			var re replyError
-			if errors.As(err, &re) {
-				return nil, re
-			}
-			return nil, fmt.Errorf("request on %s: %w", subject, err)
-		}
-		return m, nil
+		return fmt.Errorf("no reply on %s within %s", c.subject, c.timeout)
 	}
+	return err
 }
 
 // replyError prints a node's error reply for people.
@@ -155,7 +151,7 @@ func (h headerFlag) Set(v string) error {
 }
 
 func runAppend(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("append", "LOG [VALUE...]   (no VALUE: one record per line of stdin)", stderr)
 	c.register(fs)
 	hdr := headerFlag{}
@@ -174,51 +170,48 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 	if err := protocol.CheckLogName(log); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if err := c.connect(); err != nil {
+	var opts []client.AppendOption
+	if *msgID != "" {
+		opts = append(opts, client.WithMsgID(*msgID))
+	}
+	if *expected != "" {
+		off, err := strconv.ParseUint(strings.TrimSpace(*expected), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: --expected-offset %q: want an offset", errUsage, *expected)
+		}
+		opts = append(opts, client.WithExpectedOffset(off))
+	}
+	if len(values) == 0 && len(opts) > 0 {
+		return fmt.Errorf("%w: --msg-id and --expected-offset apply to one request: give the values as arguments", errUsage)
+	}
+	if err := c.connect(c.subjects.Append(log)); err != nil {
 		return err
 	}
 	defer c.close()
-	reqHdr := nats.Header{}
-	if *msgID != "" {
-		reqHdr.Set(protocol.HeaderMsgID, *msgID)
-	}
-	if *expected != "" {
-		reqHdr.Set(protocol.HeaderExpectedOffset, *expected)
-	}
-	if len(values) == 1 {
-		h := reqHdr
-		for k, vs := range hdr {
-			h[k] = append(h[k], vs...)
+	record := func(v []byte) client.Record {
+		r := client.Record{Value: v}
+		if len(hdr) > 0 {
+			r.Headers = nats.Header(hdr)
 		}
-		m, err := c.request(c.subjects.Append(log), []byte(values[0]), h)
+		return r
+	}
+	if len(values) == 1 && *msgID == "" {
+		ctx, cancel := c.context()
+		defer cancel()
+		off, err := c.cl.Append(ctx, log, []byte(values[0]), append(opts, client.WithHeaders(nats.Header(hdr)))...)
 		if err != nil {
-			return err
+			return c.explain(err)
 		}
-		var r protocol.AppendReply
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			return fmt.Errorf("bad append reply %q: %v", m.Data, err)
-		}
-		if c.json {
-			fmt.Fprintf(stdout, "%s\n", m.Data)
-		} else {
-			fmt.Fprintf(stdout, "%s: appended at offset %d%s\n", log, r.Offset, dupNote(r.Duplicate))
-		}
+		printAppended(stdout, c.json, log, client.AppendResult{First: off, Last: off, Count: 1})
 		return nil
 	}
-	sum := protocol.AppendBatchReply{Log: log}
-	send := func(recs []protocol.AppendRecord) error {
-		req := protocol.AppendBatchRequest{Records: recs}
-		h := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}
-		for k, vs := range reqHdr {
-			h[k] = vs
-		}
-		m, err := c.request(c.subjects.Append(log), req.AppendMsgpack(nil), h)
+	sum := client.AppendResult{}
+	send := func(recs []client.Record) error {
+		ctx, cancel := c.context()
+		defer cancel()
+		r, err := c.cl.AppendBatch(ctx, log, recs, opts...)
 		if err != nil {
-			return err
-		}
-		var r protocol.AppendBatchReply
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			return fmt.Errorf("bad append reply %q: %v", m.Data, err)
+			return c.explain(err)
 		}
 		if sum.Count == 0 {
 			sum.First = r.First
@@ -226,25 +219,21 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 		sum.Last, sum.Count, sum.Duplicate = r.Last, sum.Count+r.Count, r.Duplicate
 		return nil
 	}
-	record := func(v []byte) protocol.AppendRecord {
-		r := protocol.AppendRecord{Value: v}
-		if len(hdr) > 0 {
-			r.Headers = protocol.Headers(hdr)
-		}
-		return r
-	}
-	if len(values) > 1 {
-		recs := make([]protocol.AppendRecord, len(values))
+	if len(values) > 0 {
+		// One request, also for one value with --msg-id: a batch's
+		// reply says whether it was a duplicate.
+		recs := make([]client.Record, len(values))
 		for i, v := range values {
 			recs[i] = record([]byte(v))
 		}
 		if err := send(recs); err != nil {
 			return err
 		}
-	} else {
-		if *msgID != "" || *expected != "" {
-			return fmt.Errorf("%w: --msg-id and --expected-offset apply to one request: give the values as arguments", errUsage)
+		if len(values) == 1 {
+			printAppended(stdout, c.json, log, sum)
+			return nil
 		}
+	} else {
 		if err := appendStdin(os.Stdin, stderr, *batchSize, int(c.nc.MaxPayload())/2, record, send, func() int { return sum.Count }); err != nil {
 			if sum.Count > 0 {
 				fmt.Fprintf(stderr, "natlog: %d records were appended (offsets %d-%d) before the error\n", sum.Count, sum.First, sum.Last)
@@ -257,11 +246,23 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if c.json {
-		fmt.Fprintf(stdout, "%s\n", sum.AppendJSON(nil))
+		rep := protocol.AppendBatchReply{Log: log, First: sum.First, Last: sum.Last, Count: sum.Count, Duplicate: sum.Duplicate}
+		fmt.Fprintf(stdout, "%s\n", rep.AppendJSON(nil))
 	} else {
 		fmt.Fprintf(stdout, "%s: appended %d records at offsets %d-%d%s\n", log, sum.Count, sum.First, sum.Last, dupNote(sum.Duplicate))
 	}
 	return nil
+}
+
+// printAppended prints the outcome of appending one value; with --json as
+// the node's reply to a single append.
+func printAppended(stdout io.Writer, asJSON bool, log string, r client.AppendResult) {
+	if asJSON {
+		rep := protocol.AppendReply{Log: log, Offset: r.First, Duplicate: r.Duplicate}
+		fmt.Fprintf(stdout, "%s\n", rep.AppendJSON(nil))
+	} else {
+		fmt.Fprintf(stdout, "%s: appended at offset %d%s\n", log, r.First, dupNote(r.Duplicate))
+	}
 }
 
 func dupNote(dup bool) string {
@@ -275,11 +276,11 @@ func dupNote(dup bool) string {
 // most batch records and about maxBytes, one batch at a time (so the log
 // keeps the lines' order). It reports progress on stderr every second
 // when stderr is a terminal.
-func appendStdin(r io.Reader, stderr io.Writer, batch, maxBytes int, record func([]byte) protocol.AppendRecord,
-	send func([]protocol.AppendRecord) error, done func() int) error {
+func appendStdin(r io.Reader, stderr io.Writer, batch, maxBytes int, record func([]byte) client.Record,
+	send func([]client.Record) error, done func() int) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxBytes)
-	var recs []protocol.AppendRecord
+	var recs []client.Record
 	size := 0
 	progress := isTerminal(stderr)
 	start, last := time.Now(), time.Now()
@@ -342,7 +343,7 @@ type printer struct {
 	raw  bool
 }
 
-func (p printer) record(log string, r protocol.Record) {
+func (p printer) record(log string, r client.Record) {
 	switch {
 	case p.json:
 		out := recordOut{Log: log, Offset: r.Offset, Time: r.Time, Headers: r.Headers}
@@ -377,33 +378,29 @@ func printable(v []byte) string {
 	return s
 }
 
-// readFrom reads up to count records (count < 0: all) from off, in batch
-// requests, calling fn for each. With wait > 0 it long-polls at the end of
-// the log and only returns on error; otherwise it returns at the end. It
+// fetch reads up to count records (count < 0: all) from off, one batch
+// request at a time, calling fn for each, until the end of the log. It
 // returns the next offset to read.
-func (c *client) readFrom(log string, off uint64, count int, wait time.Duration, fn func(protocol.Record)) (uint64, error) {
-	hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}
+func (c *cliConn) fetch(log string, off uint64, count int, fn func(client.Record)) (uint64, error) {
 	for count != 0 {
-		req := protocol.ReadRequest{Offset: off, Max: 1000, WaitMs: wait.Milliseconds()}
+		fo := client.FetchOptions{Max: 1000}
 		if count > 0 {
-			req.Max = min(req.Max, count)
+			fo.Max = min(fo.Max, count)
 		}
-		m, err := c.requestWithin(c.subjects.Read(log), req.AppendMsgpack(nil), hdr, c.timeout+wait)
+		ctx, cancel := c.context()
+		b, err := c.cl.Fetch(ctx, log, off, fo)
+		cancel()
 		if err != nil {
-			return off, err
+			return off, c.explain(err)
 		}
-		rep, err := protocol.DecodeReadReply(m.Data)
-		if err != nil {
-			return off, fmt.Errorf("bad read reply: %v", err)
-		}
-		for _, r := range rep.Records {
+		for _, r := range b.Records {
 			fn(r)
 		}
 		if count > 0 {
-			count -= len(rep.Records)
+			count -= len(b.Records)
 		}
-		off = rep.Next
-		if len(rep.Records) == 0 && wait == 0 {
+		off = b.Next
+		if len(b.Records) == 0 {
 			break // the end of the log
 		}
 	}
@@ -411,7 +408,7 @@ func (c *client) readFrom(log string, off uint64, count int, wait time.Duration,
 }
 
 func runRead(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("read", "LOG OFFSET [--count N]", stderr)
 	c.register(fs)
 	count := fs.Int("count", 1, "number of records to read (fewer if the log ends first)")
@@ -420,6 +417,7 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	log := pos[0]
 	off, err := strconv.ParseUint(pos[1], 10, 64)
 	if err != nil {
 		return fmt.Errorf("%w: OFFSET %q: want a number", errUsage, pos[1])
@@ -427,32 +425,23 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	if *count < 1 {
 		return fmt.Errorf("%w: --count must be at least 1", errUsage)
 	}
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Read(log)); err != nil {
 		return err
 	}
 	defer c.close()
 	p := printer{w: stdout, json: c.json, raw: *raw}
 	if *count == 1 {
-		m, err := c.request(c.subjects.Read(pos[0]), []byte(pos[1]), nil)
+		ctx, cancel := c.context()
+		defer cancel()
+		r, err := c.cl.Read(ctx, log, off)
 		if err != nil {
-			return err
+			return c.explain(err)
 		}
-		r := protocol.Record{Value: m.Data}
-		r.Offset, _ = strconv.ParseUint(m.Header.Get(protocol.HeaderOffset), 10, 64)
-		r.Time, _ = strconv.ParseInt(m.Header.Get(protocol.HeaderTime), 10, 64)
-		for k, vs := range m.Header {
-			if k != protocol.HeaderOffset && k != protocol.HeaderTime {
-				if r.Headers == nil {
-					r.Headers = protocol.Headers{}
-				}
-				r.Headers[k] = vs
-			}
-		}
-		p.record(pos[0], r)
+		p.record(log, r)
 		return nil
 	}
 	n := 0
-	next, err := c.readFrom(pos[0], off, *count, 0, func(r protocol.Record) { n++; p.record(pos[0], r) })
+	next, err := c.fetch(log, off, *count, func(r client.Record) { n++; p.record(log, r) })
 	if err != nil {
 		return err
 	}
@@ -463,7 +452,7 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 }
 
 func runTail(args []string, stdout, stderr io.Writer) error {
-	var c client
+	var c cliConn
 	fs := newFlagSet("tail", "LOG [-n N] [--from OFFSET] [-f]", stderr)
 	c.register(fs)
 	n := fs.Int("n", 10, "show the last N records")
@@ -475,17 +464,19 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log := pos[0]
-	if err := c.connect(); err != nil {
+	if err := c.connect(c.subjects.Info(log)); err != nil {
 		return err
 	}
 	defer c.close()
-	m, err := c.request(c.subjects.Info(log), nil, nil)
+	info := func() (protocol.LogInfo, error) {
+		ctx, cancel := c.context()
+		defer cancel()
+		li, err := c.cl.Info(ctx, log)
+		return li, c.explain(err)
+	}
+	li, err := info()
 	if err != nil {
 		return err
-	}
-	var li protocol.LogInfo
-	if err := json.Unmarshal(m.Data, &li); err != nil {
-		return fmt.Errorf("bad info reply: %v", err)
 	}
 	start := li.FirstOffset
 	if li.NextOffset-li.FirstOffset > uint64(max(*n, 0)) {
@@ -497,37 +488,35 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	p := printer{w: stdout, json: c.json, raw: *raw}
-	print := func(r protocol.Record) { p.record(log, r) }
 	if !*follow {
-		_, err := c.readFrom(log, start, -1, 0, print)
+		c.subject = c.subjects.Read(log)
+		_, err := c.fetch(log, start, -1, func(r client.Record) { p.record(log, r) })
 		return err
 	}
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(stop)
-	errc := make(chan error, 1)
-	go func() {
-		off := start
-		for {
-			next, err := c.readFrom(log, off, -1, 20*time.Second, print)
-			var oe replyError
-			if errors.As(err, &oe) && oe.e.ErrCode == protocol.CodeOffsetOutOfRange {
-				// Retention removed records under us: go on from the oldest.
-				m, ierr := c.request(c.subjects.Info(log), nil, nil)
-				if ierr == nil && json.Unmarshal(m.Data, &li) == nil && li.FirstOffset > next {
-					fmt.Fprintf(stderr, "natlog: records %d-%d were removed by retention; going on from %d\n", next, li.FirstOffset-1, li.FirstOffset)
-					off = li.FirstOffset
-					continue
-				}
-			}
-			errc <- err
-			return
+	// Follow until SIGINT or SIGTERM: the consumer long-polls and goes on
+	// through node failures and elections, so only those signals, or
+	// records removed before it read them, end it.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	next := start
+	for {
+		err := c.cl.Consume(ctx, log, func(r client.Record) error {
+			p.record(log, r)
+			next = r.Offset + 1
+			return nil
+		}, client.FromOffset(next), client.WithPollWait(20*time.Second))
+		if ctx.Err() != nil {
+			return nil
 		}
-	}()
-	select {
-	case <-stop:
-		return nil
-	case err := <-errc:
-		return err
+		if errors.Is(err, client.ErrOffsetOutOfRange) {
+			// Retention removed records under us: go on from the oldest.
+			if li, ierr := info(); ierr == nil && li.FirstOffset > next {
+				fmt.Fprintf(stderr, "natlog: records %d-%d were removed by retention; going on from %d\n", next, li.FirstOffset-1, li.FirstOffset)
+				next = li.FirstOffset
+				continue
+			}
+		}
+		c.subject = c.subjects.Read(log)
+		return c.explain(err)
 	}
 }
