@@ -1,14 +1,16 @@
 package sidecar
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
-// Plain appends (no Natlog-Msg-Id, no Natlog-Expected-Offset) to a log are
-// committed in rounds: requests that arrive while a round is being written
+// Appends without Natlog-Expected-Offset to a log are committed in rounds
+// (those with a Natlog-Msg-Id once they have claimed it, see
+// dedup.tryClaim): requests that arrive while a round is being written
 // and fsynced queue up, and the next round writes all of them with one
 // logcore.AppendBatch (one lock, one fsync) and then answers each. This is
 // group commit at the request level: under load every fsync is shared by
@@ -31,7 +33,14 @@ type appendQueue struct {
 type pendingAppend struct {
 	c    *call
 	recs []logcore.Record
+	// msgID and claim, if set: the request's Natlog-Msg-Id, claimed in
+	// the log's dedup table; commit records the outcome there.
+	msgID string
+	claim *dedupEntry
 }
+
+// errNotAdmitted frees a claimed msg id whose request was refused.
+var errNotAdmitted = errors.New("the node is shutting down")
 
 // enqueue adds a request to the log's queue, starting a round if none is
 // being written. The call holds a worker slot and counts as in flight (see
@@ -65,6 +74,10 @@ func (s *Server) commit(e *logEntry, round []*pendingAppend) {
 				s.nextRound(e)
 			}
 			for _, p := range round[answered:] {
+				if p.claim != nil {
+					e.dedup.finish(p.msgID, p.claim, 0, 0, errors.New("append did not complete"))
+					p.claim = nil
+				}
 				if !p.c.done {
 					p.c.fail(protocol.Errorf(protocol.ErrInternal, "internal error: %v", r))
 				}
@@ -108,6 +121,16 @@ func (s *Server) commit(e *logEntry, round []*pendingAppend) {
 
 	s.nextRound(e)
 	handedOff = true
+	for k, p := range round {
+		if p.claim != nil {
+			var err error
+			if errs[k] != nil {
+				err = errs[k]
+			}
+			e.dedup.finish(p.msgID, p.claim, firsts[k], len(p.recs), err)
+			p.claim = nil
+		}
+	}
 	for k, p := range round {
 		answered = k
 		s.replyAppend(p.c, e.name, appendResult{first: firsts[k], count: len(p.recs)}, errs[k])

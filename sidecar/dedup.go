@@ -69,6 +69,20 @@ func (d *dedup) claim(id string) (e *dedupEntry, owner bool) {
 	return e, true
 }
 
+// tryClaim is claim for a caller that must not block: ok is false (and
+// nothing is claimed) if the log's ids have not been loaded yet, which
+// reads the log.
+func (d *dedup) tryClaim(id string) (e *dedupEntry, owner, ok bool) {
+	d.mu.Lock()
+	loaded := d.loaded
+	d.mu.Unlock()
+	if !loaded {
+		return nil, false, false
+	}
+	e, owner = d.claim(id)
+	return e, owner, true
+}
+
 // finish records the outcome of the owner's append and wakes those waiting
 // for it.
 func (d *dedup) finish(id string, e *dedupEntry, first uint64, count int, err error) {

@@ -50,18 +50,32 @@ func (s *Server) handleAppend(c *call) {
 			return
 		}
 	}
-	if o.msgID == "" && !o.hasExpected && s.logs != nil {
-		if e, ok := s.logs.get(name); ok {
+	if !o.hasExpected && s.logs != nil {
+		if e, ok := s.logs.get(name); ok && (o.msgID == "" || e.dedup != nil) {
 			for i := range recs {
 				if size := int64(logcore.FrameSize(&recs[i])); size > e.cfg.MaxSegmentBytes {
 					c.fail(protocol.Errorf(protocol.ErrPayloadTooLarge, "record of %d bytes on disk does not fit in log %q's segments of %d bytes", size, name, e.cfg.MaxSegmentBytes))
 					return
 				}
 			}
-			if c.admit() {
-				s.enqueue(e, &pendingAppend{c: c, recs: recs})
+			p := &pendingAppend{c: c, recs: recs}
+			claimed := o.msgID == ""
+			if !claimed {
+				// Claim the id here; a duplicate (or an id whose
+				// first append is in flight, or a log whose ids are
+				// not loaded yet) takes the path below, which waits.
+				if d, owner, ok := e.dedup.tryClaim(o.msgID); ok && owner {
+					p.msgID, p.claim, claimed = o.msgID, d, true
+				}
 			}
-			return
+			if claimed {
+				if c.admit() {
+					s.enqueue(e, p)
+				} else if p.claim != nil {
+					e.dedup.finish(p.msgID, p.claim, 0, 0, errNotAdmitted)
+				}
+				return
+			}
 		}
 	}
 	c.goAsync(func() {
