@@ -146,8 +146,8 @@ type view struct {
 }
 
 // Connect returns a client on nc, which stays the caller's. It asks the
-// nodes for the cluster's membership and fails if none answers within
-// the request timeout.
+// nodes for the cluster's membership, again while none answers, and fails
+// if none has within the request timeout.
 func Connect(nc *nats.Conn, opts ...Option) (*Client, error) {
 	return newClient(nc, false, opts)
 }
@@ -192,8 +192,25 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(c.ctx, o.timeout)
 	defer cancel()
-	if err := c.refresh(ctx); err != nil {
-		return nil, &Error{Op: "connect", Err: err, Attempts: 1}
+	// A node that is starting (or a cluster in an election) answers
+	// soon: ask again until the timeout.
+	backoff := o.backoffMin
+	for attempt := 1; ; attempt++ {
+		err := c.refresh(ctx)
+		if err == nil {
+			break
+		}
+		if retry, _ := outcome(err); !retry || ctx.Err() != nil {
+			return nil, &Error{Op: "connect", Err: err, Attempts: attempt}
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, &Error{Op: "connect", Err: err, Attempts: attempt}
+		case <-t.C:
+		}
+		backoff = min(2*backoff, o.backoffMax)
 	}
 	c.wg.Add(1)
 	go c.refresher()

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natlog/natlog/client"
+	"github.com/natlog/natlog/sidecar"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -345,5 +346,29 @@ func TestNoNodes(t *testing.T) {
 	defer nc.Close()
 	if _, err := client.Connect(nc, client.WithRequestTimeout(200*time.Millisecond)); !errors.Is(err, nats.ErrNoResponders) {
 		t.Fatalf("Connect with no nodes: %v", err)
+	}
+}
+
+// Connect waits (within its timeout) for a node that is still starting.
+func TestConnectWaitsForANode(t *testing.T) {
+	c := &cluster{t: t, url: newNATS(t), base: t.TempDir(), nodes: map[string]*sidecar.Server{}, cfgs: map[string]sidecar.Config{}}
+	t.Cleanup(func() { c.stop("n1") })
+	nc := c.conn()
+	done := make(chan error, 1)
+	go func() {
+		cl, err := client.Connect(nc, client.WithRequestTimeout(20*time.Second))
+		if err == nil {
+			cl.Close()
+		}
+		done <- err
+	}()
+	// Start the node once Connect has been refused at least once: its
+	// status requests are then going unanswered.
+	eventually(t, 10*time.Second, "Connect to ask", func() bool {
+		return nc.Stats().OutMsgs > 0
+	})
+	c.start("n1", -1)
+	if err := <-done; err != nil {
+		t.Fatalf("Connect: %v", err)
 	}
 }

@@ -26,6 +26,8 @@ type cluster struct {
 	mu    sync.Mutex
 	nodes map[string]*sidecar.Server
 	cfgs  map[string]sidecar.Config
+	// tweak, if set, adjusts each new node's configuration.
+	tweak func(*sidecar.Config)
 }
 
 func newNATS(t testing.TB) string {
@@ -43,10 +45,13 @@ func newNATS(t testing.TB) string {
 }
 
 // newCluster starts n nodes (n1..nn); n == 0 starts one standalone node.
-func newCluster(t testing.TB, n int) *cluster {
+func newCluster(t testing.TB, n int, tweak ...func(*sidecar.Config)) *cluster {
 	t.Helper()
 	url := newNATS(t)
 	c := &cluster{t: t, url: url, base: t.TempDir(), nodes: map[string]*sidecar.Server{}, cfgs: map[string]sidecar.Config{}}
+	if len(tweak) > 0 {
+		c.tweak = tweak[0]
+	}
 	t.Cleanup(func() {
 		for _, id := range c.ids() {
 			c.stop(id)
@@ -84,6 +89,9 @@ func (c *cluster) start(id string, expect int) *sidecar.Server {
 			cfg.Cluster.Name = "test"
 			cfg.Cluster.BootstrapExpect = expect
 			cfg.Cluster.RaftLogLevel = "off"
+		}
+		if c.tweak != nil {
+			c.tweak(&cfg)
 		}
 		c.cfgs[id] = cfg
 	}
