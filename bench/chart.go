@@ -5,6 +5,7 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -51,7 +52,7 @@ func WriteChart(path string, res *Results) error {
 		}
 		rows[i] = []*plot.Plot{tp, lp}
 	}
-	width, rowHeight := 30*vg.Centimeter, 8*vg.Centimeter
+	width, rowHeight := 36*vg.Centimeter, 8*vg.Centimeter
 	c, err := draw.NewFormattedCanvas(width, rowHeight*vg.Length(len(modes)), format)
 	if err != nil {
 		return err
@@ -75,14 +76,32 @@ func WriteChart(path string, res *Results) error {
 	return f.Close()
 }
 
-// label is a scenario's short name within its mode's row: "R1 100B" (and
-// "default" for the default durability).
+// label is a scenario's short name within its mode's row:
+// "R1 matched\n100B".
 func label(s ScenarioResult) string {
-	l := fmt.Sprintf("R%d %s", s.Replicas, sizeName(s.Payload))
-	if s.Durability == Default {
-		l += " dflt"
+	return fmt.Sprintf("R%d %s\n%s", s.Replicas, s.Durability, sizeName(s.Payload))
+}
+
+// countTicks labels a records/s axis with whole numbers ("250k").
+type countTicks struct{}
+
+func (countTicks) Ticks(min, max float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(min, max)
+	for i := range ts {
+		if ts[i].Label == "" {
+			continue
+		}
+		v := ts[i].Value
+		switch {
+		case v >= 1e6:
+			ts[i].Label = strconv.FormatFloat(v/1e6, 'f', -1, 64) + "M"
+		case v >= 1e3:
+			ts[i].Label = strconv.FormatFloat(v/1e3, 'f', -1, 64) + "k"
+		default:
+			ts[i].Label = strconv.FormatFloat(v, 'f', -1, 64)
+		}
 	}
-	return l
+	return ts
 }
 
 func labels(ss []ScenarioResult) []string {
@@ -105,6 +124,7 @@ func throughputPlot(m Mode, ss []ScenarioResult) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s: records/s (higher is better)", m)
 	p.Y.Label.Text = "records/s"
+	p.Y.Tick.Marker = countTicks{}
 	w := vg.Points(14)
 	series := []struct {
 		name string
@@ -136,6 +156,7 @@ func throughputPlot(m Mode, ss []ScenarioResult) (*plot.Plot, error) {
 	p.Legend.Top = true
 	p.NominalX(labels(ss)...)
 	p.Y.Min = 0
+	p.Y.Max = headroom(p.Y.Max)
 	return p, nil
 }
 
@@ -177,5 +198,15 @@ func latencyPlot(m Mode, ss []ScenarioResult) (*plot.Plot, error) {
 	p.Legend.Top = true
 	p.NominalX(labels(ss)...)
 	p.Y.Min = 0
+	p.Y.Max = headroom(p.Y.Max)
 	return p, nil
+}
+
+// headroom raises a y axis maximum so that the legend, top right, stays
+// clear of the bars.
+func headroom(max float64) float64 {
+	if max <= 0 {
+		return 1
+	}
+	return max * 1.35
 }

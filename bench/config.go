@@ -89,8 +89,6 @@ type Config struct {
 
 	// Progress gets one line per step; nil: none.
 	Progress io.Writer
-	// Log gets the servers' output when one fails to start; nil: none.
-	Log io.Writer
 }
 
 // DefaultConfig is the standard set: both replication factors, both
@@ -129,11 +127,8 @@ func QuickConfig() Config {
 // Validate checks c.
 func (c *Config) Validate() error {
 	if c.NatlogBin == "" && c.ServerURL == "" {
+		// Both systems' servers are started from the natlog binary.
 		return errors.New("bench: no natlog binary to start servers with")
-	}
-	if c.NatlogBin == "" && c.JetStreamURL == "" {
-		// JetStream servers are started from the natlog binary too.
-		c.JetStreamURL = ""
 	}
 	if len(c.Replicas) == 0 || len(c.Payloads) == 0 || len(c.Modes) == 0 || len(c.Durabilities) == 0 {
 		return errors.New("bench: empty replicas, payloads, modes or durabilities")

@@ -248,6 +248,28 @@ func (t *jsTarget) Read(ctx context.Context, off uint64) error {
 	return nil
 }
 
+// Settle polls the stream's info until every replica is current and has
+// no lag behind the leader.
+func (t *jsTarget) Settle(ctx context.Context, total uint64) error {
+	return retry(ctx, 10*time.Millisecond, func() error {
+		info, err := t.stream.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.LastSeq < total {
+			return fmt.Errorf("jetstream: stream holds %d records, want %d", info.State.LastSeq, total)
+		}
+		if c := info.Cluster; c != nil {
+			for _, p := range c.Replicas {
+				if !p.Current || p.Lag > 0 {
+					return errNotReady
+				}
+			}
+		}
+		return nil
+	}, func(err error) bool { return err == errNotReady })
+}
+
 func (t *jsTarget) orderedConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	return t.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
 }

@@ -149,8 +149,13 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 			break
 		}
 		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "[%d/%d] R%d %s %s %s %s round %d\n", i+1, len(steps),
-				st.sc.Replicas, st.sc.Mode, sizeName(st.sc.Payload), st.sc.Durability, st.system, st.round)
+			eta := ""
+			if i > 0 {
+				left := time.Since(res.Started) / time.Duration(i) * time.Duration(len(steps)-i)
+				eta = fmt.Sprintf(" (about %s left)", left.Round(time.Second))
+			}
+			fmt.Fprintf(cfg.Progress, "[%d/%d] R%d %s %s %s %s round %d%s\n", i+1, len(steps),
+				st.sc.Replicas, st.sc.Mode, sizeName(st.sc.Payload), st.sc.Durability, st.system, st.round, eta)
 		}
 		sr := res.Scenarios[index[st.sc]].Natlog
 		if st.system == SystemJetStream {

@@ -33,7 +33,6 @@ type Figures struct {
 	// took to stop.
 	StartSeconds float64 `json:"start_seconds,omitempty"`
 	StopSeconds  float64 `json:"stop_seconds,omitempty"`
-	Errors       int64   `json:"errors"`
 }
 
 // Stat is one figure over the rounds.

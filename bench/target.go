@@ -33,6 +33,9 @@ type target interface {
 	// Consume streams the records [0, total) in order, calling each after
 	// every `every` records received.
 	Consume(ctx context.Context, total uint64, every int, each func()) error
+	// Settle waits until every replica can serve the records [0, total),
+	// so that reads spread over the replicas find them.
+	Settle(ctx context.Context, total uint64) error
 	// Close releases the target's connection (the log stays).
 	Close()
 }
@@ -110,6 +113,9 @@ func prefill(ctx context.Context, t target, cfg *Config, sc Scenario) error {
 		if err := t.AppendBatch(ctx, full[:min(batch, cfg.Prefill-done)]); err != nil {
 			return fmt.Errorf("prefill: %w", err)
 		}
+	}
+	if err := t.Settle(ctx, uint64(cfg.Prefill)); err != nil {
+		return fmt.Errorf("prefill: waiting for the replicas: %w", err)
 	}
 	return nil
 }
