@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"strconv"
@@ -360,8 +361,15 @@ func (p printer) record(log string, r client.Record) {
 	default:
 		ts := time.Unix(0, r.Time).UTC().Format("2006-01-02T15:04:05.000000Z")
 		line := fmt.Sprintf("%d  %s  %s", r.Offset, ts, printable(r.Value))
-		if len(r.Headers) > 0 {
-			b, _ := json.Marshal(r.Headers)
+		// The msg id every append carries is noise to people; --json
+		// shows it.
+		hdr := r.Headers
+		if _, ok := hdr[protocol.HeaderMsgID]; ok {
+			hdr = maps.Clone(hdr)
+			delete(hdr, protocol.HeaderMsgID)
+		}
+		if len(hdr) > 0 {
+			b, _ := json.Marshal(hdr)
 			line += "  " + string(b)
 		}
 		fmt.Fprintln(p.w, line)
