@@ -70,6 +70,9 @@ func WriteTable(w io.Writer, res *Results) error {
 
 // cell is "median ±spread%", the spread being half the min-max range.
 func cell(s Stat, decimals int) string {
+	if s == (Stat{}) {
+		return "-    " // not measured (e.g. the servers of an existing deployment)
+	}
 	v := num(s.Median, decimals)
 	if s.Median == 0 {
 		return v

@@ -126,3 +126,27 @@ func TestParse(t *testing.T) {
 		t.Error("ParseDurabilities accepted an unknown durability")
 	}
 }
+
+func TestTableCells(t *testing.T) {
+	tests := []struct {
+		s        Stat
+		decimals int
+		want     string
+	}{
+		{Stat{Median: 1234567.4, Min: 1234567.4, Max: 1234567.4}, 0, "1,234,567    "},
+		{Stat{Median: 100, Min: 90, Max: 110}, 0, "100 ±10%"},
+		{Stat{Median: 0.5, Min: 0.25, Max: 0.75}, 3, "0.500 ±50%"},
+		{Stat{}, 2, "-    "},
+	}
+	for _, tt := range tests {
+		if got := cell(tt.s, tt.decimals); got != tt.want {
+			t.Errorf("cell(%+v, %d) = %q, want %q", tt.s, tt.decimals, got, tt.want)
+		}
+	}
+	if got := times(31.46); got != "31.5x    " {
+		t.Errorf("times(31.46) = %q", got)
+	}
+	if got := times(0); got != "-" {
+		t.Errorf("times(0) = %q, want -", got)
+	}
+}
