@@ -37,7 +37,7 @@ type jsTarget struct {
 	errs   atomic.Int64
 	errMsg atomic.Value // string: the first async error
 
-	// ordered is the consumer ReadNext fetches from; pos is how many
+	// ordered is the consumer Fetch fetches from; pos is how many
 	// records it has delivered.
 	ordered jetstream.Consumer
 	pos     uint64
@@ -274,9 +274,9 @@ func (t *jsTarget) orderedConsumer(ctx context.Context) (jetstream.Consumer, err
 	return t.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
 }
 
-// ReadNext fetches from one ordered consumer; at the end of the records it
+// Fetch fetches from one ordered consumer; at the end of the records it
 // starts a new one from the first.
-func (t *jsTarget) ReadNext(ctx context.Context, max int, total uint64) (int, error) {
+func (t *jsTarget) Fetch(ctx context.Context, max int, total uint64) (int, error) {
 	if t.ordered == nil || t.pos >= total {
 		c, err := t.orderedConsumer(ctx)
 		if err != nil {

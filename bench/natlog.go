@@ -27,7 +27,7 @@ type natlogTarget struct {
 	log  string
 
 	appendSubj, readSubj string
-	// next is where the next ReadNext starts.
+	// next is where the next Fetch starts.
 	next uint64
 	// batchBody caches the msgpack body of the last AppendBatch.
 	batchBody []byte
@@ -231,7 +231,7 @@ func (t *natlogTarget) readBatch(ctx context.Context, off uint64, max int) (prot
 	return rr, nil
 }
 
-func (t *natlogTarget) ReadNext(ctx context.Context, max int, total uint64) (int, error) {
+func (t *natlogTarget) Fetch(ctx context.Context, max int, total uint64) (int, error) {
 	if t.next >= total {
 		t.next = 0
 	}

@@ -26,10 +26,10 @@ type target interface {
 	AppendBatch(ctx context.Context, payloads [][]byte) error
 	// Read reads the record at off.
 	Read(ctx context.Context, off uint64) error
-	// ReadNext reads up to max records in order from where the previous
-	// ReadNext ended, from offset 0 again once total records were read.
+	// Fetch reads up to max records in order from where the previous
+	// Fetch ended, from offset 0 again once total records were read.
 	// It returns how many it read.
-	ReadNext(ctx context.Context, max int, total uint64) (int, error)
+	Fetch(ctx context.Context, max int, total uint64) (int, error)
 	// Consume streams the records [0, total) in order, calling each after
 	// every `every` records received.
 	Consume(ctx context.Context, total uint64, every int, each func()) error
@@ -81,7 +81,7 @@ func load(ctx context.Context, t target, cfg *Config, sc Scenario, until time.Ti
 		total := uint64(cfg.Prefill)
 		err = seq(func() (int, error) { return 1, t.Read(ctx, rng.Uint64N(total)) })
 	case ModeFetch:
-		err = seq(func() (int, error) { return t.ReadNext(ctx, cfg.ReadMax, uint64(cfg.Prefill)) })
+		err = seq(func() (int, error) { return t.Fetch(ctx, cfg.ReadMax, uint64(cfg.Prefill)) })
 	case ModeConsume:
 		for time.Now().Before(until) && err == nil {
 			last := time.Now()
