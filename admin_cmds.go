@@ -160,13 +160,13 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "leader: %s  term: %d  commit index: %d  applied index: %d\n", st.Leader, st.Term, st.CommitIndex, st.AppliedIndex)
 	fmt.Fprintf(stdout, "logs: %d  subjects: %s.>  max record: %s\n", st.Logs, st.Prefix, humanBytes(st.MaxRecordBytes))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tROLE\tLAG\tADDRESS")
+	fmt.Fprintln(tw, "PEER\tSTATE\tROLE\tLAG\tREADS\tHOST\tADDRESS")
 	for _, p := range st.Peers {
 		role := p.Role
 		if role == "" {
 			role = "voter"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", p.ID, p.State, role, p.LagIndex, p.Address)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", p.ID, p.State, role, p.LagIndex, p.Reads, p.Host, p.Address)
 	}
 	return tw.Flush()
 }
