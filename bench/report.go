@@ -13,7 +13,7 @@ import (
 // row of ratios natlog/JetStream.
 func WriteTable(w io.Writer, res *Results) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "natlog vs JetStream (nats-server %s), %d round(s) of %.1fs (after %.1fs warm-up), %d CPUs, %s\n",
+	fmt.Fprintf(w, "natlog vs JetStream (nats-server %s), %d round(s) of %gs (after %gs warm-up), %d CPUs, %s\n",
 		res.Host.NATSServer, res.Setup.Rounds, res.Setup.DurationS, res.Setup.WarmupS, res.Host.CPUs, res.Host.GoVersion)
 	fmt.Fprintln(w, "Each figure: median over the rounds ± half its min-max range (% of the median). Ratio: natlog/JetStream of the medians;")
 	fmt.Fprintln(w, "records/s and MB/s: higher is better (ratio > 1 favours natlog); latency, CPU, memory: lower is better (ratio < 1 favours natlog).")
