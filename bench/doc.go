@@ -13,7 +13,14 @@
 //     names a leader and every member, and the leader takes a create.
 //   - JetStream R1: one "natlog bench-jetstream-server" (nats-server,
 //     embedded, JetStream file storage). JetStream R3: three of them routed
-//     on loopback, and a stream with Replicas: 3 whose replicas are current.
+//     on loopback, and a stream with Replicas: 3 whose replicas are current
+//     and whose subject takes publishes. The load generator then connects
+//     to the stream leader's server, as it connects to the one NATS server
+//     that natlog's three nodes share: no route hop to the leader for
+//     either system. (Connected elsewhere, a new ordered consumer's first
+//     pull can beat the consumer's interest across the routes and is lost;
+//     nats.go's Messages iterator then recovers only after two missed
+//     heartbeats, 10 s by default.)
 //
 // Every measurement (one scenario, one system, one round) gets fresh
 // servers in a fresh directory, a fixed log or stream name, a short warm-up

@@ -93,7 +93,7 @@ func (t *jsTarget) Setup(ctx context.Context) error {
 		return fmt.Errorf("jetstream: create stream: %w", err)
 	}
 	// The stream must have a leader and all its replicas current.
-	return retry(ctx, 50*time.Millisecond, func() error {
+	err = retry(ctx, 50*time.Millisecond, func() error {
 		info, err := t.stream.Info(ctx)
 		if err != nil {
 			return err
@@ -111,6 +111,40 @@ func (t *jsTarget) Setup(ctx context.Context) error {
 		}
 		return nil
 	}, func(err error) bool { return ctx.Err() == nil })
+	if err != nil {
+		return fmt.Errorf("jetstream: stream not ready: %w", err)
+	}
+	return t.waitInterest(ctx)
+}
+
+// waitInterest waits until a publish on the stream's subject reaches the
+// stream from this client's server: in a new cluster the stream's interest
+// takes a moment to travel the routes, and until then a publish finds no
+// responders (which js.Publish retries, but a raw batch cannot). The probe
+// expects a last sequence the stream cannot have, so it is refused, never
+// stored.
+func (t *jsTarget) waitInterest(ctx context.Context) error {
+	return retry(ctx, 10*time.Millisecond, func() error {
+		m := &nats.Msg{Subject: t.subject, Header: nats.Header{}}
+		m.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(1<<62, 10))
+		rep, err := t.nc.RequestMsg(m, time.Second)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(rep.Data), `"error"`) {
+			return fmt.Errorf("jetstream: the interest probe was stored: %s", rep.Data)
+		}
+		return nil
+	}, func(err error) bool { return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) })
+}
+
+// leader names the server that leads the stream ("" for R1).
+func (t *jsTarget) leader(ctx context.Context) (string, error) {
+	info, err := t.stream.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		return "", err
+	}
+	return info.Cluster.Leader, nil
 }
 
 // deleteStream removes the stream (for runs against an existing server).
@@ -194,6 +228,16 @@ func (t *jsTarget) AppendWindow(ctx context.Context, payload []byte, window int,
 // Nats-Batch-Sequence on each, Nats-Batch-Commit on the last, which alone
 // is a request; the server acknowledges the whole batch in its reply.
 func (t *jsTarget) AppendBatch(ctx context.Context, payloads [][]byte) error {
+	// A commit that finds no responders means none of the batch reached
+	// the stream (nothing listens on the subject from this server yet):
+	// send the whole batch again, under a new id.
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return retry(rctx, 10*time.Millisecond, func() error { return t.appendBatch(ctx, payloads) },
+		func(err error) bool { return errors.Is(err, nats.ErrNoResponders) })
+}
+
+func (t *jsTarget) appendBatch(ctx context.Context, payloads [][]byte) error {
 	id := nuid.Next()
 	for i, p := range payloads {
 		m := &nats.Msg{Subject: t.subject, Data: p, Header: nats.Header{}}

@@ -219,6 +219,7 @@ func notes(cfg *Config, runJS bool) []string {
 		"batch: natlog one msgpack batch append per request; JetStream an atomic batch publish (Nats-Batch-Id headers; nats.go v1.55 has no call for it), one commit request per batch.",
 		"window: natlog " + fmt.Sprint(cfg.Window) + " concurrent requests on one connection; JetStream PublishMsgAsync with max pending " + fmt.Sprint(cfg.Window) + ".",
 		"read: natlog single-record read; JetStream direct get. fetch: natlog batch reads of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog batch reads from each reply's next; JetStream an ordered consumer's Messages iterator.",
+		"R3: natlog's three nodes share n1's embedded NATS server, where the load generator connects; JetStream's load generator connects to the stream leader's server (no route hop to the leader for either).",
 		"Server CPU seconds and peak RSS cover each measurement's servers over their whole lives (start, setup, prefill, warmup, measurement, stop), summed over the processes (3 for R3): fresh servers per system per round.",
 	}
 	if cfg.ServerURL != "" {
@@ -310,6 +311,17 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 	if err := t.Setup(setupCtx); err != nil {
 		return f, withServerLog(err, srv)
 	}
+	if jt, ok := t.(*jsTarget); ok && srv != nil && sc.Replicas > 1 {
+		// The load generator talks to the stream leader's server, as it
+		// talks to the one NATS server all natlog nodes use: no route hop
+		// on the way to the leader. (Elsewhere a new consumer's first pull
+		// can also race its interest across the routes and stall for two
+		// missed heartbeats, 10 s by default.)
+		if t, err = jsToLeader(setupCtx, jt, srv, sc, cfg); err != nil {
+			return f, withServerLog(err, srv)
+		}
+		defer t.Close()
+	}
 	f.StartSeconds = time.Since(began).Seconds()
 	if cleanup != nil {
 		defer func() {
@@ -352,6 +364,29 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 		return f, err
 	}
 	return f, nil
+}
+
+// jsToLeader returns a target connected to the server that leads jt's
+// stream (jt itself if it already is), closing jt if not.
+func jsToLeader(ctx context.Context, jt *jsTarget, srv *servers, sc Scenario, cfg *Config) (target, error) {
+	leader, err := jt.leader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	url := srv.urls[leader]
+	if url == "" || url == srv.url {
+		return jt, nil
+	}
+	jt.Close()
+	nt, err := dialJetStream(url, jt.name, sc.Replicas, cfg.Window)
+	if err != nil {
+		return nil, err
+	}
+	if err := nt.Setup(ctx); err != nil {
+		nt.Close()
+		return nil, err
+	}
+	return nt, nil
 }
 
 func withServerLog(err error, s *servers) error {

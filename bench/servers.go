@@ -105,6 +105,8 @@ type servers struct {
 	procs []*proc
 	url   string // where the load generator connects
 	dir   string // removed by stop
+	// urls are the client URLs by server name (JetStream clusters).
+	urls map[string]string
 }
 
 // stop stops the processes (the first last: with natlog it holds the
@@ -247,6 +249,7 @@ func startJetStream(ctx context.Context, bin, workDir string, replicas int, sync
 		return nil, err
 	}
 	var routes []string
+	s.urls = map[string]string{}
 	for i := range replicas {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[replicas+i]))
 	}
@@ -258,6 +261,7 @@ func startJetStream(ctx context.Context, bin, workDir string, replicas int, sync
 			args = append(args, "--cluster-name", "bench", "--cluster-listen", fmt.Sprintf("127.0.0.1:%d", ports[replicas+i]),
 				"--routes", strings.Join(routes, ","))
 		}
+		s.urls[name] = fmt.Sprintf("nats://127.0.0.1:%d", ports[i])
 		p, err := startProc(bin, dir, name, syscall.SIGTERM, args...)
 		if err != nil {
 			return nil, err
