@@ -17,10 +17,7 @@
 //     and whose subject takes publishes. The load generator then connects
 //     to the stream leader's server, as it connects to the one NATS server
 //     that natlog's three nodes share: no route hop to the leader for
-//     either system. (Connected elsewhere, a new ordered consumer's first
-//     pull can beat the consumer's interest across the routes and is lost;
-//     nats.go's Messages iterator then recovers only after two missed
-//     heartbeats, 10 s by default.)
+//     either system.
 //
 // Every measurement (one scenario, one system, one round) gets fresh
 // servers in a fresh directory, a fixed log or stream name, a short warm-up
@@ -61,7 +58,10 @@
 //     JetStream: an ordered consumer's Fetch (a new consumer per pass).
 //   - consume: stream the pre-filled log from offset 0 to its end, again
 //     and again. natlog: batch reads, each from the previous reply's next;
-//     JetStream: a new ordered consumer's Messages iterator per pass.
+//     JetStream: a new ordered consumer's Consume callback per pass (not
+//     its Messages iterator, which in a cluster can stall 10 s when a new
+//     consumer's first pull finds no responders, where Consume resets the
+//     consumer at once).
 //
 // All natlog traffic goes through target (natlog.go), which speaks the wire
 // protocol of docs/protocol.md with the types of sidecar/protocol, so that

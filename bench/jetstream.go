@@ -357,29 +357,45 @@ func (t *jsTarget) Fetch(ctx context.Context, max int, total uint64) (int, error
 	return n, nil
 }
 
-// Consume streams with a new ordered consumer's Messages iterator, pulling
-// every records at a time.
+// Consume streams with a new ordered consumer's Consume callback, pulling
+// every records at a time. (Not its Messages iterator: when a new
+// consumer's first pull finds no responders, as it can while the
+// consumer's interest crosses the routes of a cluster, Consume resets the
+// consumer at once but the iterator waits for two missed heartbeats, 10 s
+// by default.)
 func (t *jsTarget) Consume(ctx context.Context, total uint64, every int, each func()) error {
 	c, err := t.orderedConsumer(ctx)
 	if err != nil {
 		return err
 	}
-	it, err := c.Messages(jetstream.PullMaxMessages(every))
-	if err != nil {
-		return err
-	}
-	defer it.Stop()
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
+	done := make(chan struct{})
+	var n uint64
 	got := 0
-	for n := uint64(0); n < total; n++ {
-		if _, err := it.Next(jetstream.NextContext(ctx)); err != nil {
-			return err
+	// The callback runs on one goroutine at a time; done orders its last
+	// call before Consume returns.
+	cc, err := c.Consume(func(jetstream.Msg) {
+		if n >= total {
+			return
 		}
+		n++
 		if got++; got == every {
 			each()
 			got = 0
 		}
+		if n == total {
+			close(done)
+		}
+	}, jetstream.PullMaxMessages(every))
+	if err != nil {
+		return err
 	}
-	return nil
+	defer cc.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(opTimeout):
+		return fmt.Errorf("jetstream: consume: no end of the records after %s", opTimeout)
+	}
 }

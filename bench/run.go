@@ -218,7 +218,7 @@ func notes(cfg *Config, runJS bool) []string {
 		"Read modes (read, fetch, consume) fsync nothing, so they are measured under matched durability only.",
 		"batch: natlog one msgpack batch append per request; JetStream an atomic batch publish (Nats-Batch-Id headers; nats.go v1.55 has no call for it), one commit request per batch.",
 		"window: natlog " + fmt.Sprint(cfg.Window) + " concurrent requests on one connection; JetStream PublishMsgAsync with max pending " + fmt.Sprint(cfg.Window) + ".",
-		"read: natlog single-record read; JetStream direct get. fetch: natlog batch reads of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog batch reads from each reply's next; JetStream an ordered consumer's Messages iterator.",
+		"read: natlog single-record read; JetStream direct get. fetch: natlog batch reads of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog batch reads from each reply's next; JetStream an ordered consumer's Consume callback.",
 		"R3: natlog's three nodes share n1's embedded NATS server, where the load generator connects; JetStream's load generator connects to the stream leader's server (no route hop to the leader for either).",
 		"Server CPU seconds and peak RSS cover each measurement's servers over their whole lives (start, setup, prefill, warmup, measurement, stop), summed over the processes (3 for R3): fresh servers per system per round.",
 	}
@@ -314,9 +314,7 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 	if jt, ok := t.(*jsTarget); ok && srv != nil && sc.Replicas > 1 {
 		// The load generator talks to the stream leader's server, as it
 		// talks to the one NATS server all natlog nodes use: no route hop
-		// on the way to the leader. (Elsewhere a new consumer's first pull
-		// can also race its interest across the routes and stall for two
-		// missed heartbeats, 10 s by default.)
+		// on the way to the leader.
 		if t, err = jsToLeader(setupCtx, jt, srv, sc, cfg); err != nil {
 			return f, withServerLog(err, srv)
 		}
