@@ -208,5 +208,5 @@ func headroom(max float64) float64 {
 	if max <= 0 {
 		return 1
 	}
-	return max * 1.35
+	return max * 1.6
 }
