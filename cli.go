@@ -364,9 +364,10 @@ func (p printer) record(log string, r client.Record) {
 		// The msg id every append carries is noise to people; --json
 		// shows it.
 		hdr := r.Headers
-		if _, ok := hdr[protocol.HeaderMsgID]; ok {
+		if hdr.Get(protocol.HeaderMsgID) != "" {
 			hdr = maps.Clone(hdr)
 			delete(hdr, protocol.HeaderMsgID)
+			delete(hdr, protocol.HeaderMsgCount)
 		}
 		if len(hdr) > 0 {
 			b, _ := json.Marshal(hdr)

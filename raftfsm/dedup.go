@@ -1,6 +1,7 @@
 package raftfsm
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/natlog/natlog/logcore"
@@ -62,8 +63,9 @@ func (d *dedupTable) add(id string, e dedupEntry) {
 }
 
 // rebuild fills the table from the log's records of the last window
-// before now (the newest record's time): each append stored its id on
-// every one of its records.
+// before now (the newest record's time): each append stored its id on its
+// first record, with its length if it has more than one (appends written
+// before that stored the id on every record, ended by the Raft index).
 func (d *dedupTable) rebuild(l *logcore.Log, now int64) error {
 	from, err := l.OffsetForTime(now - d.window)
 	if err != nil {
@@ -87,11 +89,20 @@ func (d *dedupTable) rebuild(l *logcore.Log, now int64) error {
 			break
 		}
 		for _, r := range recs {
-			id := ""
+			id, n := "", 0
 			for _, h := range r.Headers {
-				if h.Key == MsgIDHeader {
+				switch h.Key {
+				case MsgIDHeader:
 					id = h.Value
+				case MsgCountHeader:
+					n, _ = strconv.Atoi(h.Value)
 				}
+			}
+			if id != "" && n > 1 {
+				// The first record of an append of n records.
+				flush()
+				d.add(id, dedupEntry{first: r.Offset, count: n, at: r.Time})
+				continue
 			}
 			last := false
 			for _, h := range r.Headers {

@@ -26,9 +26,12 @@ const (
 	// (logcore batches are atomic across a crash, so the last record stands
 	// for the whole batch.)
 	RaftIndexHeader = "Natlog-Raft-Index"
-	// MsgIDHeader carries an append's deduplication id on each of its
-	// records, so that the dedup table can be rebuilt from the log.
+	// MsgIDHeader carries an append's deduplication id on its first
+	// record, so that the dedup table can be rebuilt from the log.
 	MsgIDHeader = "Natlog-Msg-Id"
+	// MsgCountHeader, beside MsgIDHeader on the first record of an append
+	// of more than one record, is the number of records.
+	MsgCountHeader = "Natlog-Msg-Count"
 )
 
 // FSMConfig configures an FSM.
@@ -302,12 +305,15 @@ func (f *FSM) appendOp(fl *fsmLog, pos position, now int64, op *Op) Result {
 	for i, r := range op.Records {
 		hs := make([]logcore.Header, 0, len(r.Headers)+2)
 		for _, h := range r.Headers {
-			if h.Key != RaftIndexHeader && h.Key != MsgIDHeader {
+			if h.Key != RaftIndexHeader && h.Key != MsgIDHeader && h.Key != MsgCountHeader {
 				hs = append(hs, logcore.Header{Key: h.Key, Value: h.Value})
 			}
 		}
-		if op.MsgID != "" {
+		if op.MsgID != "" && i == 0 {
 			hs = append(hs, logcore.Header{Key: MsgIDHeader, Value: op.MsgID})
+			if len(op.Records) > 1 {
+				hs = append(hs, logcore.Header{Key: MsgCountHeader, Value: strconv.Itoa(len(op.Records))})
+			}
 		}
 		if i == len(op.Records)-1 {
 			hs = append(hs, logcore.Header{Key: RaftIndexHeader, Value: pos.String()})

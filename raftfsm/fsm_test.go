@@ -270,3 +270,52 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// An append's msg id is stored once, on its first record with the
+// append's length, and the dedup table is rebuilt from that on open.
+func TestFSMDedupSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	const now = 1_700_000_000_000_000_000
+	f := openFSM(t, fsmConfig(dir, logcore.OSFS{}))
+	o := appendOp("orders", "a", "b", "c")
+	o.MsgID = "batch-1"
+	one := appendOp("orders", "d")
+	one.MsgID = "one-1"
+	rs := results(t, f.Apply(entry(t, 1, now, o, one)))
+	if rs[0].First != 0 || rs[0].Count != 3 || rs[1].First != 3 {
+		t.Fatalf("results %+v", rs)
+	}
+	hdr := func(off uint64) map[string]string {
+		r, err := f.Log("orders").Read(off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]string{}
+		for _, h := range r.Headers {
+			m[h.Key] = h.Value
+		}
+		return m
+	}
+	if h := hdr(0); h[MsgIDHeader] != "batch-1" || h[MsgCountHeader] != "3" {
+		t.Errorf("first record's headers %v", h)
+	}
+	if h := hdr(1); h[MsgIDHeader] != "" || h[MsgCountHeader] != "" {
+		t.Errorf("second record's headers %v: the id belongs on the first only", h)
+	}
+	if h := hdr(3); h[MsgIDHeader] != "one-1" || h[MsgCountHeader] != "" {
+		t.Errorf("single record's headers %v", h)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f = openFSM(t, fsmConfig(dir, logcore.OSFS{}))
+	defer f.Close()
+	again := appendOp("orders", "x")
+	again.MsgID = "batch-1"
+	again1 := appendOp("orders", "y")
+	again1.MsgID = "one-1"
+	rs = results(t, f.Apply(entry(t, 2, now+1, again, again1)))
+	if !rs[0].Duplicate || rs[0].First != 0 || rs[0].Count != 3 || !rs[1].Duplicate || rs[1].First != 3 || rs[1].Count != 1 {
+		t.Fatalf("after reopen: %+v, want duplicates of [0,3) and [3,4)", rs)
+	}
+}

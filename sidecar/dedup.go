@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -159,17 +160,29 @@ func (d *dedup) load(now int64) {
 		}
 		for _, r := range recs {
 			off = r.Offset + 1
-			id := ""
+			id, n := "", 0
 			for _, h := range r.Headers {
-				if h.Key == protocol.HeaderMsgID {
+				switch h.Key {
+				case protocol.HeaderMsgID:
 					id = h.Value
-					break
+				case protocol.HeaderMsgCount:
+					n, _ = strconv.Atoi(h.Value)
 				}
 			}
 			if id == "" {
 				last = nil
 				continue
 			}
+			if n > 1 {
+				// The first record of a batch of n.
+				last, lastID = nil, ""
+				e := &dedupEntry{first: r.Offset, count: n, at: r.Time}
+				d.ids[id] = e
+				d.fifo = append(d.fifo, fifoItem{id, e})
+				continue
+			}
+			// One record; or (written before Natlog-Msg-Count) a batch
+			// with the id on each record.
 			if last != nil && id == lastID && last.first+uint64(last.count) == r.Offset {
 				last.count++
 				continue

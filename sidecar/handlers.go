@@ -114,8 +114,9 @@ func first(v []string) string {
 }
 
 // batchRecords decodes a batch append body into records. The request's
-// Natlog-Msg-Id, if any, is stored on every record of the batch (replacing
-// any the records carry), so that deduplication survives a restart.
+// Natlog-Msg-Id, if any, is stored on the batch's first record, with
+// Natlog-Msg-Count (the batch's length) if it has more than one, so that
+// deduplication survives a restart; it replaces any the records carry.
 func (s *Server) batchRecords(body []byte, msgID string) ([]logcore.Record, *protocol.Error) {
 	req, err := protocol.DecodeAppendBatch(body)
 	if err != nil {
@@ -128,8 +129,11 @@ func (s *Server) batchRecords(body []byte, msgID string) ([]logcore.Record, *pro
 	}
 	for i, r := range req.Records {
 		recs[i] = logcore.Record{Value: r.Value, Headers: fromHeaders(r.Headers, skip)}
-		if msgID != "" {
+		if msgID != "" && i == 0 {
 			recs[i].Headers = append(recs[i].Headers, logcore.Header{Key: protocol.HeaderMsgID, Value: msgID})
+			if len(req.Records) > 1 {
+				recs[i].Headers = append(recs[i].Headers, logcore.Header{Key: protocol.HeaderMsgCount, Value: strconv.Itoa(len(req.Records))})
+			}
 			slices.SortStableFunc(recs[i].Headers, func(a, b logcore.Header) int { return strings.Compare(a.Key, b.Key) })
 		}
 		perr := checkHeaders(recs[i].Headers)

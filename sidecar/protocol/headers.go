@@ -16,6 +16,11 @@ const (
 	// written again; the reply gives the first append's offset and
 	// "duplicate": true. It is stored with the record.
 	HeaderMsgID = "Natlog-Msg-Id"
+	// HeaderMsgCount is stored, with HeaderMsgID, on the first record of
+	// a batch appended with a Natlog-Msg-Id: the number of records of the
+	// batch (the id is stored once per append, on its first record). It
+	// cannot be set by clients.
+	HeaderMsgCount = "Natlog-Msg-Count"
 	// HeaderExpectedOffset on an append makes it conditional: it is written
 	// only if the log's next offset equals this decimal value, and answered
 	// with ErrExpectedOffset (409) otherwise. Not stored.
@@ -55,7 +60,7 @@ const (
 // read reply) and the status headers. Natlog-Msg-Id is stored.
 func Reserved(key string) bool {
 	switch key {
-	case HeaderOffset, HeaderTime, HeaderExpectedOffset, HeaderStatus, HeaderDescription,
+	case HeaderOffset, HeaderTime, HeaderExpectedOffset, HeaderMsgCount, HeaderStatus, HeaderDescription,
 		HeaderServiceError, HeaderServiceErrorCode:
 		return true
 	}
