@@ -1,68 +1,54 @@
 package bench
 
 // Everything that talks to natlog is in this file, behind the target
-// interface, so that it can move to natlog's Go client package once that
-// exists. For now it speaks the wire protocol (docs/protocol.md) with
-// nats.go and the shared wire types of sidecar/protocol.
+// interface, and it goes through natlog's Go client package (client/), so
+// the figures are what an application using it gets: AppendAsync with its
+// batching for the window mode, Append one at a time, AppendBatch, Read,
+// Fetch and Consume with the client's read routing (reads go round-robin
+// to the followers in a cluster). Every append carries the client's
+// Natlog-Msg-Id, as it does for applications.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natlog/natlog/client"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
-// natlogTarget drives one natlog log over raw NATS requests.
+// natlogTarget drives one natlog log through the client.
 type natlogTarget struct {
-	nc   *nats.Conn
-	subj protocol.Subjects
-	log  string
-
-	appendSubj, readSubj string
+	cl  *client.Client
+	log string
 	// next is where the next Fetch starts.
 	next uint64
-	// batchBody caches the msgpack body of the last AppendBatch.
-	batchBody []byte
-	batchKey  [2]int // records, payload size of batchBody
+	// batch caches the records of the last AppendBatch.
+	batch []client.Record
 }
 
 var _ target = (*natlogTarget)(nil)
 
 // dialNatlog connects to the natlog node or cluster at url (its NATS) for
-// log under the default prefix.
-func dialNatlog(url, log string) (*natlogTarget, error) {
-	nc, err := nats.Connect(url, nats.Name("natlog-bench"), nats.MaxReconnects(-1))
+// log under the default prefix, with at most window appends pending in
+// AppendWindow.
+func dialNatlog(ctx context.Context, url, log string, window int) (*natlogTarget, error) {
+	timeout := 30 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	cl, err := client.Dial(url, client.WithNATSOptions(nats.Name("natlog-bench"), nats.MaxReconnects(-1)),
+		client.WithMaxPending(max(window, 1)), client.WithRequestTimeout(min(timeout, opTimeout)))
 	if err != nil {
 		return nil, fmt.Errorf("natlog: connect %s: %w", url, err)
 	}
-	subj, _ := protocol.NewSubjects("")
-	return &natlogTarget{nc: nc, subj: subj, log: log, appendSubj: subj.Append(log), readSubj: subj.Read(log)}, nil
+	return &natlogTarget{cl: cl, log: log}, nil
 }
 
-func (t *natlogTarget) Close() { t.nc.Close() }
-
-// request sends one request and returns the reply, or the error it
-// carries.
-func (t *natlogTarget) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	rep, err := t.nc.RequestMsgWithContext(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	if e := protocol.ReplyError(rep.Header, rep.Data); e != nil {
-		return nil, e
-	}
-	return rep, nil
-}
+func (t *natlogTarget) Close() { t.cl.Close() }
 
 // natlogNotReady reports whether err means the cluster has no leader
 // taking requests yet: worth retrying during setup.
@@ -72,27 +58,14 @@ func natlogNotReady(err error) bool {
 		errors.Is(err, protocol.ErrUnavailable)
 }
 
-// status asks the node for the cluster status.
-func (t *natlogTarget) status(ctx context.Context) (*protocol.ClusterStatus, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	rep, err := t.request(ctx, nats.NewMsg(t.subj.Status()))
-	if err != nil {
-		return nil, err
-	}
-	var st protocol.ClusterStatus
-	if err := json.Unmarshal(rep.Data, &st); err != nil {
-		return nil, fmt.Errorf("natlog: cluster status: %w", err)
-	}
-	return &st, nil
-}
-
 // waitReady polls the cluster status until there is a leader and every one
 // of the n members is present (leader or follower).
 func (t *natlogTarget) waitReady(ctx context.Context, n int) error {
 	var last string
 	err := retry(ctx, 50*time.Millisecond, func() error {
-		st, err := t.status(ctx)
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := t.cl.Status(sctx)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -120,167 +93,165 @@ var errNotReady = errors.New("not ready")
 // so its success also means the leader takes appends.
 func (t *natlogTarget) Setup(ctx context.Context) error {
 	return retry(ctx, 50*time.Millisecond, func() error {
-		_, err := t.request(ctx, nats.NewMsg(t.subj.Create(t.log)))
+		_, err := t.cl.Create(ctx, t.log, protocol.LogSettings{})
 		return err
 	}, natlogNotReady)
 }
 
 // deleteLog removes the log (for runs against an existing deployment).
 func (t *natlogTarget) deleteLog(ctx context.Context) error {
-	_, err := t.request(ctx, nats.NewMsg(t.subj.Delete(t.log)))
-	return err
+	return t.cl.Delete(ctx, t.log)
 }
 
 func (t *natlogTarget) Append(ctx context.Context, payload []byte) error {
-	_, err := t.request(ctx, &nats.Msg{Subject: t.appendSubj, Data: payload})
+	_, err := t.cl.Append(ctx, t.log, payload)
 	return err
 }
 
-// AppendWindow runs window goroutines, each appending one record at a time:
-// window requests in flight on the one connection.
+// AppendWindow appends with AppendAsync, which blocks while window records
+// are pending; a second goroutine takes the futures in order and records
+// each record's latency from its AppendAsync call to its acknowledgement.
 func (t *natlogTarget) AppendWindow(ctx context.Context, payload []byte, window int, until time.Time, lat *latencies) (int64, error) {
-	var (
-		n     atomic.Int64
-		wg    sync.WaitGroup
-		errMu sync.Mutex
-		first error
-	)
-	for range window {
-		wg.Go(func() {
-			for time.Now().Before(until) && ctx.Err() == nil {
-				t0 := time.Now()
-				rep, err := t.nc.RequestMsg(&nats.Msg{Subject: t.appendSubj, Data: payload}, opTimeout)
-				if err == nil {
-					if e := protocol.ReplyError(rep.Header, rep.Data); e != nil {
-						err = e
-					}
+	type sent struct {
+		f  *client.AppendFuture
+		t0 time.Time
+	}
+	futs := make(chan sent, window)
+	done := make(chan error, 1)
+	var n int64
+	go func() {
+		var first error
+		for s := range futs {
+			if err := s.f.Err(); err != nil {
+				if first == nil {
+					first = err
 				}
-				if err != nil {
-					errMu.Lock()
-					if first == nil {
-						first = err
-					}
-					errMu.Unlock()
-					return
-				}
-				lat.record(time.Since(t0))
-				n.Add(1)
+				continue
 			}
-		})
+			lat.record(time.Since(s.t0))
+			n++
+		}
+		done <- first
+	}()
+	var err error
+	for time.Now().Before(until) && ctx.Err() == nil {
+		t0 := time.Now()
+		var f *client.AppendFuture
+		if f, err = t.cl.AppendAsync(ctx, t.log, payload); err != nil {
+			break
+		}
+		futs <- sent{f, t0}
 	}
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
+	close(futs)
+	if ferr := <-done; err == nil {
+		err = ferr
 	}
-	return n.Load(), first
+	if err == nil {
+		err = ctx.Err()
+	}
+	return n, err
 }
 
-// AppendBatch sends one msgpack AppendBatchRequest.
+// AppendBatch appends the records in one atomic request.
 func (t *natlogTarget) AppendBatch(ctx context.Context, payloads [][]byte) error {
-	key := [2]int{len(payloads), len(payloads[0])}
-	if t.batchBody == nil || t.batchKey != key {
-		req := protocol.AppendBatchRequest{Records: make([]protocol.AppendRecord, len(payloads))}
-		for i, p := range payloads {
-			req.Records[i].Value = p
-		}
-		t.batchBody, t.batchKey = req.AppendMsgpack(nil), key
+	if len(t.batch) != len(payloads) {
+		t.batch = make([]client.Record, len(payloads))
 	}
-	m := &nats.Msg{Subject: t.appendSubj, Data: t.batchBody, Header: nats.Header{}}
-	m.Header.Set(protocol.HeaderContentType, protocol.ContentTypeMsgpack)
-	rep, err := t.request(ctx, m)
+	for i, p := range payloads {
+		t.batch[i].Value = p
+	}
+	r, err := t.cl.AppendBatch(ctx, t.log, t.batch)
 	if err != nil {
 		return err
 	}
-	var br protocol.AppendBatchReply
-	if err := json.Unmarshal(rep.Data, &br); err != nil {
-		return fmt.Errorf("natlog: batch reply: %w", err)
-	}
-	if br.Count != len(payloads) {
-		return fmt.Errorf("natlog: batch of %d acknowledged %d records", len(payloads), br.Count)
+	if r.Count != len(payloads) {
+		return fmt.Errorf("natlog: batch of %d acknowledged %d records", len(payloads), r.Count)
 	}
 	return nil
 }
 
 func (t *natlogTarget) Read(ctx context.Context, off uint64) error {
-	rep, err := t.request(ctx, &nats.Msg{Subject: t.readSubj, Data: strconv.AppendUint(nil, off, 10)})
+	r, err := t.cl.Read(ctx, t.log, off)
 	if err != nil {
 		return err
 	}
-	if got := rep.Header.Get(protocol.HeaderOffset); got != strconv.FormatUint(off, 10) {
-		return fmt.Errorf("natlog: read %d answered offset %q", off, got)
+	if r.Offset != off {
+		return fmt.Errorf("natlog: read %d answered offset %d", off, r.Offset)
 	}
 	return nil
-}
-
-// readBatch reads up to max records from off.
-func (t *natlogTarget) readBatch(ctx context.Context, off uint64, max int) (protocol.ReadReply, error) {
-	req := protocol.ReadRequest{Offset: off, Max: max}
-	m := &nats.Msg{Subject: t.readSubj, Data: req.AppendMsgpack(nil), Header: nats.Header{}}
-	m.Header.Set(protocol.HeaderContentType, protocol.ContentTypeMsgpack)
-	rep, err := t.request(ctx, m)
-	if err != nil {
-		return protocol.ReadReply{}, err
-	}
-	rr, err := protocol.DecodeReadReply(rep.Data)
-	if err != nil {
-		return rr, err
-	}
-	if len(rr.Records) == 0 && off < rr.End {
-		return rr, fmt.Errorf("natlog: read at %d of a log ending at %d returned nothing", off, rr.End)
-	}
-	return rr, nil
 }
 
 func (t *natlogTarget) Fetch(ctx context.Context, max int, total uint64) (int, error) {
 	if t.next >= total {
 		t.next = 0
 	}
-	rr, err := t.readBatch(ctx, t.next, int(min(uint64(max), total-t.next)))
+	b, err := t.cl.Fetch(ctx, t.log, t.next, client.FetchOptions{Max: int(min(uint64(max), total-t.next))})
 	if err != nil {
 		return 0, err
 	}
-	t.next = rr.Next
-	return len(rr.Records), nil
+	if len(b.Records) == 0 {
+		return 0, fmt.Errorf("natlog: read at %d of a log ending at %d returned nothing", t.next, b.End)
+	}
+	t.next = b.Next
+	return len(b.Records), nil
 }
 
-// Settle makes reads with min_offset of the last record until each
-// replica has surely served one: reads go to any replica (a NATS queue
-// group), and a replica serves what it has applied, which may be less than
-// the leader acknowledged. A replica that holds the record answers at once;
-// after 32 reads the chance that one of three replicas got none is below
-// 1 in 100,000.
+// Settle waits until every member has applied what the leader has
+// committed: the client routes reads to followers, and a follower that is
+// behind would send them on to the leader.
 func (t *natlogTarget) Settle(ctx context.Context, total uint64) error {
 	if total == 0 {
 		return nil
 	}
-	last := total - 1
-	for range 32 {
-		req := protocol.ReadRequest{Offset: last, Max: 1, MinOffset: &last}
-		m := &nats.Msg{Subject: t.readSubj, Data: req.AppendMsgpack(nil), Header: nats.Header{}}
-		m.Header.Set(protocol.HeaderContentType, protocol.ContentTypeMsgpack)
-		if _, err := t.request(ctx, m); err != nil {
+	st, err := t.cl.Status(ctx)
+	if err != nil || st.Mode != "cluster" {
+		return err
+	}
+	lst, err := t.cl.StatusOf(ctx, st.Leader)
+	if err != nil {
+		return err
+	}
+	for _, p := range lst.Peers {
+		err := retry(ctx, 10*time.Millisecond, func() error {
+			ps, err := t.cl.StatusOf(ctx, p.ID)
+			if err == nil && ps.AppliedIndex < lst.CommitIndex {
+				return errNotReady
+			}
 			return err
+		}, func(err error) bool { return err == errNotReady || natlogNotReady(err) })
+		if err != nil {
+			return fmt.Errorf("natlog: %s catching up: %w", p.ID, err)
 		}
 	}
 	return nil
 }
 
-// Consume reads batches from offset 0, each from the previous reply's next.
+// errConsumed ends Consume once total records arrived.
+var errConsumed = errors.New("consumed")
+
+// Consume streams the log from offset 0 with the client's Consume.
 func (t *natlogTarget) Consume(ctx context.Context, total uint64, every int, each func()) error {
-	var off uint64
-	got := 0
-	for off < total {
-		rr, err := t.readBatch(ctx, off, int(min(uint64(every), total-off)))
-		if err != nil {
-			return err
-		}
-		for range rr.Records {
-			if got++; got == every {
-				each()
-				got = 0
-			}
-		}
-		off = rr.Next
+	if total == 0 {
+		return nil
 	}
-	return nil
+	var got uint64
+	k := 0
+	err := t.cl.Consume(ctx, t.log, func(r client.Record) error {
+		if r.Offset != got {
+			return fmt.Errorf("natlog: consumed offset %d, want %d", r.Offset, got)
+		}
+		got++
+		if k++; k == every {
+			each()
+			k = 0
+		}
+		if got == total {
+			return errConsumed
+		}
+		return nil
+	}, client.FromOffset(0), client.WithBatchSize(every), client.WithPollWait(time.Second))
+	if errors.Is(err, errConsumed) {
+		return nil
+	}
+	return err
 }

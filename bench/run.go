@@ -288,7 +288,7 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 	}
 	var t target
 	if system == SystemNatlog {
-		nt, err := dialNatlog(url, logName)
+		nt, err := dialNatlog(ctx, url, logName, cfg.Window)
 		if err != nil {
 			return f, err
 		}
