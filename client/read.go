@@ -193,9 +193,30 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 	for _, f := range opts {
 		f(&o)
 	}
-	var next uint64
-	started := false // next is known
-	delivered := false
+	// The next batch is fetched while fn works through the current one;
+	// fctx stops that fetch when Consume returns.
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type fetched struct {
+		b   Batch
+		err error
+	}
+	fetch := func(off uint64) <-chan fetched {
+		fo := FetchOptions{Max: o.batch, Wait: o.wait}
+		if off > 0 {
+			// A replica must hold everything before off: one that is
+			// behind (after a failover, say) waits to catch up
+			// instead of answering "out of range".
+			mo := off - 1
+			fo.MinOffset = &mo
+		}
+		ch := make(chan fetched, 1)
+		go func() {
+			b, err := c.Fetch(fctx, log, off, fo)
+			ch <- fetched{b, err}
+		}()
+		return ch
+	}
 	backoff := c.opts.backoffMin
 	pause := func() error {
 		t := time.NewTimer(backoff)
@@ -210,67 +231,84 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 			return nil
 		}
 	}
-	for {
+
+	// Where to start.
+	var next uint64
+	for started := false; !started; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		fo := FetchOptions{Max: o.batch, Wait: o.wait}
 		switch {
-		case started:
 		case !o.fromTime.IsZero():
-			fo.StartTime = o.fromTime
+			b, err := c.Fetch(ctx, log, 0, FetchOptions{Max: 1, StartTime: o.fromTime})
+			if err == nil {
+				next, started = b.Next-uint64(len(b.Records)), true
+				continue
+			}
+			if retry, _ := outcome(err); !retry && !errors.Is(err, protocol.ErrUnknownLog) && !IsIndefinite(err) {
+				return err
+			}
 		case o.fromStart || o.fromEnd:
 			info, err := c.Info(ctx, log)
-			if errors.Is(err, protocol.ErrUnknownLog) {
-				if err := pause(); err != nil {
-					return err
+			if err == nil {
+				next, started = info.FirstOffset, true
+				if o.fromEnd {
+					next = info.NextOffset
 				}
 				continue
 			}
-			if err != nil {
+			if retry, _ := outcome(err); !retry && !errors.Is(err, protocol.ErrUnknownLog) && !IsIndefinite(err) {
 				return err
-			}
-			next, started = info.FirstOffset, true
-			if o.fromEnd {
-				next = info.NextOffset
 			}
 		default:
 			next, started = o.from, true
+			continue
 		}
-		if started && next > 0 {
-			// A replica must hold everything before next: one that
-			// is behind (after a failover, say) waits to catch up
-			// instead of answering "out of range".
-			mo := next - 1
-			fo.MinOffset = &mo
+		if err := pause(); err != nil {
+			return err
 		}
-		b, err := c.Fetch(ctx, log, next, fo)
-		if err != nil {
+	}
+
+	delivered := false
+	pending := fetch(next)
+	for {
+		var r fetched
+		select {
+		case r = <-pending:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			retry, _ := outcome(err)
-			if retry || errors.Is(err, protocol.ErrUnknownLog) || IsIndefinite(err) {
-				if err := pause(); err != nil {
+			if errors.Is(r.err, protocol.ErrOffsetOutOfRange) && !delivered && o.fromStart {
+				// The oldest records went meanwhile: start again at
+				// the new oldest.
+				info, err := c.Info(ctx, log)
+				if err != nil {
 					return err
 				}
-				continue
+				next = info.FirstOffset
+			} else if retry, _ := outcome(r.err); !retry && !errors.Is(r.err, protocol.ErrUnknownLog) && !IsIndefinite(r.err) {
+				return r.err
+			} else if err := pause(); err != nil {
+				return err
 			}
-			if errors.Is(err, protocol.ErrOffsetOutOfRange) && !delivered && o.fromStart {
-				started = false // the oldest records went meanwhile: look again
-				continue
-			}
-			return err
+			pending = fetch(next)
+			continue
 		}
 		backoff = c.opts.backoffMin
-		if !started {
-			next, started = b.Next-uint64(len(b.Records)), true
+		b := r.b
+		if len(b.Records) > 0 && b.Records[0].Offset != next {
+			return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", b.Records[0].Offset, next)}
 		}
-		for _, r := range b.Records {
-			if r.Offset != next {
-				return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", r.Offset, next)}
+		pending = fetch(next + uint64(len(b.Records)))
+		for _, rec := range b.Records {
+			if rec.Offset != next {
+				return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", rec.Offset, next)}
 			}
-			if err := fn(r); err != nil {
+			if err := fn(rec); err != nil {
 				return err
 			}
 			next++
