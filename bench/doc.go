@@ -39,33 +39,36 @@
 // # Modes (the load generator)
 //
 //   - one: append one record, wait for its acknowledgement, repeat.
-//     natlog: a request on natlog.append.<log>; JetStream: js.Publish.
-//   - window: Config.Window (256) appends in flight. natlog: as many
-//     goroutines each making requests on one connection; JetStream:
+//     natlog: client.Append; JetStream: js.Publish.
+//   - window: Config.Window (256) appends pending. natlog: AppendAsync
+//     with WithMaxPending(256), which sends the records queued for a log
+//     as batches with one request in flight, latency from the AppendAsync
+//     call to the future's completion; JetStream:
 //     PublishMsgAsync with WithPublishAsyncMaxPending(256), latency from
 //     the publish to its ack handler.
 //   - batch: Config.BatchSize (100) records per request, one request at a
-//     time. natlog: a msgpack AppendBatchRequest; JetStream: an atomic
+//     time. natlog: client.AppendBatch; JetStream: an atomic
 //     batch publish (nats-server 2.12+, AllowAtomicPublish). nats.go v1.55
 //     has no call for it, so the headers Nats-Batch-Id,
 //     Nats-Batch-Sequence and Nats-Batch-Commit are set by hand; only the
 //     commit is a request, and its ack covers the batch.
 //   - read: one record at a random offset of a log pre-filled with
-//     Config.Prefill records. natlog: a single-record read; JetStream: a
+//     Config.Prefill records. natlog: client.Read (to a follower in a
+//     cluster, the client's read routing); JetStream: a
 //     direct get (AllowDirect).
 //   - fetch: batches of up to Config.ReadMax (1000) records, in order,
-//     from the start again at the end. natlog: a ReadRequest per batch;
+//     from the start again at the end. natlog: client.Fetch;
 //     JetStream: an ordered consumer's Fetch (a new consumer per pass).
 //   - consume: stream the pre-filled log from offset 0 to its end, again
-//     and again. natlog: batch reads, each from the previous reply's next;
+//     and again. natlog: client.Consume (batch reads, the next one
+//     fetched while the current one is delivered);
 //     JetStream: a new ordered consumer's Consume callback per pass (not
 //     its Messages iterator, which in a cluster can stall 10 s when a new
 //     consumer's first pull finds no responders, where Consume resets the
 //     consumer at once).
 //
-// All natlog traffic goes through target (natlog.go), which speaks the wire
-// protocol of docs/protocol.md with the types of sidecar/protocol, so that
-// it can be switched to natlog's Go client.
+// All natlog traffic goes through target (natlog.go), which uses natlog's
+// Go client package, so the figures are what an application gets.
 //
 // # Figures
 //

@@ -217,8 +217,8 @@ func notes(cfg *Config, runJS bool) []string {
 		"matched durability: natlog --fsync always, JetStream sync_interval always (fsync before every acknowledgement). default: each as it ships; natlog's default is --fsync always, so its default figures are its matched ones; JetStream's default acknowledges before fsync.",
 		"Read modes (read, fetch, consume) fsync nothing, so they are measured under matched durability only.",
 		"batch: natlog one msgpack batch append per request; JetStream an atomic batch publish (Nats-Batch-Id headers; nats.go v1.55 has no call for it), one commit request per batch.",
-		"window: natlog " + fmt.Sprint(cfg.Window) + " concurrent requests on one connection; JetStream PublishMsgAsync with max pending " + fmt.Sprint(cfg.Window) + ".",
-		"read: natlog single-record read; JetStream direct get. fetch: natlog batch reads of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog batch reads from each reply's next; JetStream an ordered consumer's Consume callback.",
+		"window: natlog client AppendAsync with " + fmt.Sprint(cfg.Window) + " pending (queued records go out as batches, one request in flight per log); JetStream PublishMsgAsync with max pending " + fmt.Sprint(cfg.Window) + ".",
+		"read: natlog client Read (R3: routed to followers); JetStream direct get. fetch: natlog client Fetch of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog client Consume; JetStream an ordered consumer's Consume callback.",
 		"R3: natlog's three nodes share n1's embedded NATS server, where the load generator connects; JetStream's load generator connects to the stream leader's server (no route hop to the leader for either).",
 		"Server CPU seconds and peak RSS cover each measurement's servers over their whole lives (start, setup, prefill, warmup, measurement, stop), summed over the processes (3 for R3): fresh servers per system per round.",
 	}
