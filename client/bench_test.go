@@ -140,9 +140,12 @@ func BenchmarkConsume(b *testing.B) {
 
 // waitApplied waits until every node has applied the leader's commit index.
 func waitApplied(ctx context.Context, cl *client.Client) error {
-	leader := cl.Leader()
-	st, err := cl.StatusOf(ctx, leader)
-	if err != nil || st.Mode != "cluster" {
+	any, err := cl.Status(ctx)
+	if err != nil || any.Mode != "cluster" {
+		return err
+	}
+	st, err := cl.StatusOf(ctx, any.Leader)
+	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -251,6 +252,9 @@ func (c *Client) Status(ctx context.Context) (protocol.ClusterStatus, error) {
 // StatusOf asks the node id for its view of the cluster.
 func (c *Client) StatusOf(ctx context.Context, id string) (protocol.ClusterStatus, error) {
 	var st protocol.ClusterStatus
+	if !protocol.ValidLogName(id) {
+		return st, &Error{Op: "status", Err: fmt.Errorf("bad node id %q", id)}
+	}
 	m, err := c.do(ctx, "status", "", true, 0, func(int) *nats.Msg { return &nats.Msg{Subject: c.subjects.Node(id).Status()} })
 	if err != nil {
 		return st, err
