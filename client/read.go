@@ -168,7 +168,8 @@ func FromEnd() ConsumeOption {
 	return func(o *consumeOpts) { *o = consumeOpts{fromEnd: true, batch: o.batch, wait: o.wait} }
 }
 
-// WithBatchSize sets the most records a consumer asks for at once (1000).
+// WithBatchSize sets the most records a consumer asks for at once (2000;
+// the node also bounds a reply by the NATS max payload).
 func WithBatchSize(n int) ConsumeOption { return func(o *consumeOpts) { o.batch = n } }
 
 // WithPollWait sets how long a consumer's read waits at the end of the
@@ -189,7 +190,7 @@ var errStop = errors.New("stop")
 // yet. It fails if records it has not delivered are removed by retention
 // before it reads them (ErrOffsetOutOfRange).
 func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error, opts ...ConsumeOption) error {
-	o := consumeOpts{fromStart: true, batch: 1000, wait: 5 * time.Second}
+	o := consumeOpts{fromStart: true, batch: 2000, wait: 5 * time.Second}
 	for _, f := range opts {
 		f(&o)
 	}
