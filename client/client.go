@@ -190,6 +190,9 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 	c := &Client{nc: nc, ownConn: own, opts: o, subjects: subj, producer: o.producerID,
 		refreshC: make(chan struct{}, 1), window: make(chan struct{}, o.maxPending),
 		producers: map[string]*producer{}}
+	// Start the round-robin at a random place: many short-lived clients
+	// (one read each, say) would otherwise all pick the same replica.
+	c.rr = uint64(nuidJitter(1 << 30))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(c.ctx, o.timeout)
 	defer cancel()
@@ -433,7 +436,12 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 	}
 }
 
-var jitterState atomic.Uint64
+// jitterState is seeded from the clock so that processes differ.
+var jitterState = func() *atomic.Uint64 {
+	var s atomic.Uint64
+	s.Store(uint64(time.Now().UnixNano()))
+	return &s
+}()
 
 // nuidJitter returns a pseudo-random number in [0, n): backoff jitter only.
 func nuidJitter(n int64) int64 {
