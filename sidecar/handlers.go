@@ -51,7 +51,7 @@ func (s *Server) handleAppend(c *call) {
 		}
 	}
 	if !o.hasExpected && s.logs != nil {
-		if e, ok := s.logs.get(name); ok && (o.msgID == "" || e.dedup != nil) {
+		if e, ok := s.logs.get(name); ok {
 			for i := range recs {
 				if size := int64(logcore.FrameSize(&recs[i])); size > e.cfg.MaxSegmentBytes {
 					c.fail(protocol.Errorf(protocol.ErrPayloadTooLarge, "record of %d bytes on disk does not fit in log %q's segments of %d bytes", size, name, e.cfg.MaxSegmentBytes))
@@ -59,7 +59,7 @@ func (s *Server) handleAppend(c *call) {
 				}
 			}
 			p := &pendingAppend{c: c, recs: recs}
-			claimed := o.msgID == ""
+			claimed := o.msgID == "" || e.dedup == nil // nothing to claim
 			if !claimed {
 				// Claim the id here; a duplicate (or an id whose
 				// first append is in flight, or a log whose ids are
