@@ -295,18 +295,27 @@ func (c *Client) refresh(ctx context.Context) error {
 	if err := json.Unmarshal(m.Data, &st); err != nil {
 		return err
 	}
-	var readers, leader []string
+	// Readers: the members other than the leader that the answering node
+	// has heard from lately; if it has heard from none (it just started),
+	// all of them (a dead one answers "no responders" and the read goes
+	// elsewhere); the leader only when it is alone.
+	var readers, unheard, leader []string
 	for _, p := range st.Peers {
 		switch {
-		case p.State == "unreachable" || !protocol.ValidLogName(p.ID):
+		case !protocol.ValidLogName(p.ID):
 		case p.ID == st.Leader:
 			leader = append(leader, p.ID)
+		case p.State == "unreachable":
+			unheard = append(unheard, p.ID)
 		default:
 			readers = append(readers, p.ID)
 		}
 	}
 	if len(readers) == 0 {
-		readers = leader // a single node, or only the leader is up
+		readers = unheard
+	}
+	if len(readers) == 0 {
+		readers = leader
 	}
 	slices.Sort(readers)
 	c.mu.Lock()

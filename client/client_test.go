@@ -265,58 +265,67 @@ func TestReadsSpreadOverReplicas(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the client to see two followers", func() bool { return len(cl.Nodes()) == 2 })
 	// Let the followers apply the appends: a follower without them would
-	// defer to the leader, which would then count a read.
-	lst, err := cl.StatusOf(ctx, leader)
-	if err != nil {
-		t.Fatal(err)
+	// defer to the leader, which would then count a read. (Raft's applied
+	// index runs ahead of the FSM, so ask each follower for the record.)
+	nc := c.conn()
+	for _, id := range cl.Nodes() {
+		eventually(t, 10*time.Second, id+" to hold offset 1", func() bool {
+			m, err := nc.Request("natlog.node."+id+".read.spread", []byte("1"), time.Second)
+			return err == nil && m.Header.Get("Status") == ""
+		})
 	}
-	eventually(t, 10*time.Second, "the followers to apply the appends", func() bool {
-		for _, id := range cl.Nodes() {
-			st, err := cl.StatusOf(ctx, id)
-			if err != nil || st.AppliedIndex < lst.CommitIndex {
-				return false
-			}
+	reads := func() (map[string]uint64, uint64) {
+		st, err := cl.StatusOf(ctx, leader)
+		if err != nil {
+			return nil, 0
 		}
-		return true
+		m, sum := map[string]uint64{}, uint64(0)
+		for _, p := range st.Peers {
+			m[p.ID] = p.Reads
+			sum += p.Reads
+		}
+		return m, sum
+	}
+	// Counters of followers come with their announcements: wait until
+	// the warm-up reads above show.
+	var before map[string]uint64
+	eventually(t, 10*time.Second, "the warm-up reads to be announced", func() bool {
+		var sum uint64
+		before, sum = reads()
+		return sum >= uint64(len(cl.Nodes()))
 	})
+	_, base := reads()
 	for i := range 40 {
 		if _, err := cl.Read(ctx, "spread", uint64(i%2)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var reads map[string]uint64
-	eventually(t, 10*time.Second, "both followers to report reads", func() bool {
-		st, err := cl.StatusOf(ctx, leader)
-		if err != nil {
-			return false
-		}
-		reads = map[string]uint64{}
+	var after map[string]uint64
+	eventually(t, 10*time.Second, "the 40 reads to be announced", func() bool {
 		var sum uint64
-		for _, p := range st.Peers {
-			reads[p.ID] = p.Reads
-			sum += p.Reads
-		}
-		return sum >= 40
+		after, sum = reads()
+		return sum >= base+40
 	})
-	for id, n := range reads {
-		if id == leader && n != 0 {
-			t.Errorf("leader %s served %d reads, want 0 (followers serve them)", id, n)
+	for id, n := range after {
+		d := n - before[id]
+		if id == leader && d != 0 {
+			t.Errorf("leader %s served %d reads, want 0 (followers serve them)", id, d)
 		}
-		if id != leader && n < 10 {
-			t.Errorf("follower %s served %d of 40 reads: not spread (%v)", id, n, reads)
+		if id != leader && d < 10 {
+			t.Errorf("follower %s served %d of 40 reads: not spread (before %v, after %v)", id, d, before, after)
 		}
 	}
 
 	// A preferred node takes all reads.
 	pref := cl.Nodes()[0]
 	cp := c.client(client.WithPreferredNode(pref))
-	before := readsOf(t, cp, pref)
+	prefBefore := readsOf(t, cp, pref)
 	for range 10 {
 		if _, err := cp.Read(ctx, "spread", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := readsOf(t, cp, pref) - before; got != 10 {
+	if got := readsOf(t, cp, pref) - prefBefore; got != 10 {
 		t.Errorf("preferred node %s served %d of 10 reads", pref, got)
 	}
 }

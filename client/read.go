@@ -270,12 +270,29 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 		}
 	}
 
+	// queue holds the fetches in flight, in offset order: the one at next,
+	// and, while whole batches beyond it are known to exist, one more at
+	// the offset it will end at if it comes back full. A fetch that no
+	// longer starts at next (the batch before it came back short) is
+	// dropped; its goroutine ends into its buffered channel.
+	type inflight struct {
+		off uint64
+		ch  <-chan fetched
+	}
+	queue := []inflight{{next, fetch(next)}}
 	delivered := false
-	pending := fetch(next)
 	for {
+		p := queue[0]
+		queue = queue[1:]
+		if p.off != next {
+			if len(queue) == 0 {
+				queue = append(queue, inflight{next, fetch(next)})
+			}
+			continue
+		}
 		var r fetched
 		select {
-		case r = <-pending:
+		case r = <-p.ch:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -296,7 +313,7 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 			} else if err := pause(); err != nil {
 				return err
 			}
-			pending = fetch(next)
+			queue = []inflight{{next, fetch(next)}}
 			continue
 		}
 		backoff = c.opts.backoffMin
@@ -304,7 +321,14 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 		if len(b.Records) > 0 && b.Records[0].Offset != next {
 			return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", b.Records[0].Offset, next)}
 		}
-		pending = fetch(next + uint64(len(b.Records)))
+		end := next + uint64(len(b.Records))
+		if len(queue) == 0 || queue[0].off != end {
+			queue = append(queue[:0], inflight{end, fetch(end)})
+		}
+		if ahead := end + uint64(o.batch); len(queue) == 1 && len(b.Records) == o.batch && b.End >= ahead+uint64(o.batch) {
+			// A whole batch beyond the next one exists: read it too.
+			queue = append(queue, inflight{ahead, fetch(ahead)})
+		}
 		for _, rec := range b.Records {
 			if rec.Offset != next {
 				return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", rec.Offset, next)}
