@@ -206,6 +206,12 @@ func (c *Client) AppendAsync(ctx context.Context, log string, value []byte, opts
 	case <-c.ctx.Done():
 		return nil, &Error{Op: "append", Log: log, Err: ErrClosed}
 	}
+	c.closeMu.RLock()
+	defer c.closeMu.RUnlock()
+	if c.closed.Load() {
+		<-c.window
+		return nil, &Error{Op: "append", Log: log, Err: ErrClosed}
+	}
 	f := &AppendFuture{done: make(chan struct{})}
 	c.producerFor(log).enqueue(pending{rec: Record{Value: value, Headers: o.headers}, f: f})
 	return f, nil

@@ -137,6 +137,9 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	// closeMu orders Close against AppendAsync starting a producer
+	// goroutine: none is added to wg once Close waits for it.
+	closeMu sync.RWMutex
 }
 
 // view is what the client knows of the cluster.
@@ -225,7 +228,10 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 // ErrClosed; call Flush first to wait for them. A connection given to
 // Connect stays open.
 func (c *Client) Close() error {
-	if !c.closed.CompareAndSwap(false, true) {
+	c.closeMu.Lock()
+	first := c.closed.CompareAndSwap(false, true)
+	c.closeMu.Unlock()
+	if !first {
 		return nil
 	}
 	c.cancel()

@@ -381,3 +381,55 @@ func TestConnectWaitsForANode(t *testing.T) {
 		t.Fatalf("Connect: %v", err)
 	}
 }
+
+// Close while AppendAsync is being called from other goroutines: every
+// future ends (acknowledged, or failed with ErrClosed), no call hangs.
+func TestCloseDuringAppendAsync(t *testing.T) {
+	c := newCluster(t, 0)
+	cl := c.client()
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := cl.Append(ctx, "closing", []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	futs := make(chan *client.AppendFuture, 1<<20)
+	for range 8 {
+		wg.Go(func() {
+			for {
+				f, err := cl.AppendAsync(ctx, "closing", []byte("x"))
+				if err != nil {
+					if !errors.Is(err, client.ErrClosed) {
+						t.Errorf("AppendAsync: %v", err)
+					}
+					return
+				}
+				futs <- f
+			}
+		})
+	}
+	eventually(t, 10*time.Second, "some appends", func() bool { return len(futs) > 100 })
+	if err := cl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(futs)
+	seen := map[uint64]bool{}
+	for f := range futs {
+		off, err := f.Wait(ctx)
+		switch {
+		case err == nil:
+			if off == 0 || seen[off] {
+				t.Errorf("an async append got offset %d, already taken", off)
+			}
+			seen[off] = true
+		case !errors.Is(err, client.ErrClosed):
+			t.Errorf("future: %v", err)
+		}
+	}
+	// Every acknowledged record is in the log (those that failed with
+	// ErrClosed may or may not be).
+	info, err := c.client().Info(ctx, "closing")
+	if err != nil || info.NextOffset < 1+uint64(len(seen)) {
+		t.Fatalf("log holds %+v, %v; want at least %d records", info, err, 1+len(seen))
+	}
+}
