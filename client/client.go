@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,7 +147,6 @@ type Client struct {
 type view struct {
 	status  protocol.ClusterStatus
 	readers []string // nodes that serve reads, in a stable order
-	at      time.Time
 }
 
 // Connect returns a client on nc, which stays the caller's. It asks the
@@ -195,7 +195,7 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 		producers: map[string]*producer{}}
 	// Start the round-robin at a random place: many short-lived clients
 	// (one read each, say) would otherwise all pick the same replica.
-	c.rr = uint64(nuidJitter(1 << 30))
+	c.rr = uint64(jitter(1 << 30))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(c.ctx, o.timeout)
 	defer cancel()
@@ -326,7 +326,7 @@ func (c *Client) refresh(ctx context.Context) error {
 	slices.Sort(readers)
 	c.mu.Lock()
 	old := c.view.status.Leader
-	c.view = view{status: st, readers: readers, at: time.Now()}
+	c.view = view{status: st, readers: readers}
 	c.mu.Unlock()
 	if old != st.Leader {
 		c.opts.logger.Debug("natlog client: leader", "leader", st.Leader, "readers", readers)
@@ -391,13 +391,6 @@ func (c *Client) readNode(avoid string) string {
 	return ""
 }
 
-// leaderNode returns the leader's id, or "".
-func (c *Client) leaderNode() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.view.status.Leader
-}
-
 // do sends the request build makes for each attempt until one succeeds,
 // the error is final, or ctx ends. Retries (no responders, not leader,
 // unavailable, and for retryable requests timeouts) wait a jittered
@@ -435,7 +428,7 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 		}
 		c.opts.logger.Debug("natlog client: retry", "op", op, "log", log, "attempt", attempt, "err", err)
 		c.invalidate()
-		wait := backoff/2 + time.Duration(nuidJitter(int64(backoff/2+1)))
+		wait := backoff/2 + time.Duration(jitter(int64(backoff/2+1)))
 		backoff = min(backoff*2, c.opts.backoffMax)
 		t := time.NewTimer(wait)
 		select {
@@ -458,8 +451,9 @@ var jitterState = func() *atomic.Uint64 {
 	return &s
 }()
 
-// nuidJitter returns a pseudo-random number in [0, n): backoff jitter only.
-func nuidJitter(n int64) int64 {
+// jitter returns a pseudo-random number in [0, n) (splitmix64): for
+// backoff and the read round-robin's start, nothing that needs quality.
+func jitter(n int64) int64 {
 	x := jitterState.Add(0x9e3779b97f4a7c15)
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
@@ -469,18 +463,5 @@ func nuidJitter(n int64) int64 {
 
 // nextMsgID returns a fresh Natlog-Msg-Id.
 func (c *Client) nextMsgID() string {
-	return c.producer + "-" + uitoa(c.seq.Add(1))
-}
-
-func uitoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			return string(b[i:])
-		}
-	}
+	return c.producer + "-" + strconv.FormatUint(c.seq.Add(1), 10)
 }

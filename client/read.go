@@ -38,7 +38,7 @@ func (c *Client) behind(err error, node string) (leader string, ok bool) {
 	if !errors.Is(err, protocol.ErrOffsetOutOfRange) && !errors.Is(err, protocol.ErrUnknownLog) || node == "" {
 		return "", false
 	}
-	leader = c.leaderNode()
+	leader = c.Leader()
 	return leader, leader != "" && leader != node
 }
 
