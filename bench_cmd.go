@@ -35,6 +35,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	jsURL := fs.String("jetstream-url", "", "with --server: NATS URL of a running JetStream to compare with")
 	jsonPath := fs.String("json", def.JSONPath, "file for all figures as JSON (empty: none)")
 	chart := fs.String("chart", "", "chart of throughput and latency per scenario, a .png or .svg file (empty: none)")
+	profile := fs.String("profile", "", "directory for CPU profiles of every measurement: each server process's and the load generator's\n(go tool pprof FILE; empty: none)")
 	pos, err := parseFlags(fs, args, nil)
 	if err != nil {
 		return err
@@ -81,6 +82,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	cfg.JSONPath, cfg.ChartPath = *jsonPath, *chart
 	cfg.ServerURL, cfg.JetStreamURL = *server, *jsURL
 	cfg.WorkDir = *workDir
+	cfg.ProfileDir = *profile
 	cfg.NatlogBin = *natlogBin
 	if cfg.NatlogBin == "" {
 		if cfg.NatlogBin, err = os.Executable(); err != nil {

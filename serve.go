@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -53,6 +56,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Cluster.AnnounceInterval, "announce-interval", cfg.Cluster.AnnounceInterval, "with --cluster: how often a node announces itself and the leader reconciles the membership")
 	fs.Uint64Var(&cfg.Cluster.SnapshotThreshold, "raft-snapshot-threshold", cfg.Cluster.SnapshotThreshold, "with --cluster: Raft entries between snapshots")
 	fs.StringVar(&cfg.Cluster.RaftLogLevel, "raft-log-level", cfg.Cluster.RaftLogLevel, "with --cluster: level of Raft's own log on stderr: off, error, warn, info or debug")
+	pprofListen := fs.String("pprof-listen", "", "host:port of a Go profiling endpoint (net/http/pprof under /debug/pprof/; empty: off).\nIt exposes the process's internals: bind it to loopback")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for requests in flight")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
@@ -104,6 +108,15 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
+	if *pprofListen != "" {
+		stop, addr, err := servePprof(*pprofListen)
+		if err != nil {
+			return fmt.Errorf("--pprof-listen: %w", err)
+		}
+		defer stop()
+		logger.Info("natlog: profiling endpoint", "url", "http://"+addr+"/debug/pprof/")
+	}
+
 	s, err := sidecar.Start(cfg)
 	if err != nil {
 		return err
@@ -139,6 +152,24 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// servePprof serves net/http/pprof's handlers on addr (their own mux, not
+// the node's HTTP endpoint) until stop is called.
+func servePprof(addr string) (stop func(), bound string, err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return func() { srv.Close() }, ln.Addr().String(), nil
 }
 
 func orNone(s string) string {

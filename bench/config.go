@@ -87,6 +87,13 @@ type Config struct {
 	JSONPath  string
 	ChartPath string
 
+	// ProfileDir, if set, receives CPU profiles of every measurement
+	// (not of setup, prefill or warm-up): one per server process, taken
+	// through its net/http/pprof endpoint, and one of the load generator
+	// (this process, so the client libraries). Names are
+	// "<scenario>-<system>-r<round>-<process>.pprof".
+	ProfileDir string
+
 	// Progress gets one line per step; nil: none.
 	Progress io.Writer
 }

@@ -29,6 +29,8 @@ import (
 //	--sync always|default   always: fsync every write before it is acknowledged
 //	                        (sync_interval: always); default: nats-server's
 //	                        default (an fsync every 2 minutes)
+//	--prof-port PORT        serve nats-server's profiling endpoint
+//	                        (net/http/pprof) on the --listen host
 //
 // It prints "ready" on stdout once the server takes connections.
 func RunJetStreamServer(args []string, stdout, stderr io.Writer) error {
@@ -41,6 +43,7 @@ func RunJetStreamServer(args []string, stdout, stderr io.Writer) error {
 	clusterListen := fs.String("cluster-listen", "", "route listen host:port")
 	routes := fs.String("routes", "", "comma-separated route URLs of the other servers")
 	sync := fs.String("sync", "always", "always or default")
+	profPort := fs.Int("prof-port", 0, "port of nats-server's profiling endpoint (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,6 +54,7 @@ func RunJetStreamServer(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("bench-jetstream-server: %w", err)
 	}
+	opts.ProfPort = *profPort
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		if st.system == SystemJetStream {
 			sr = res.Scenarios[index[st.sc]].JetStream
 		}
-		f, err := measureStep(ctx, &cfg, st.sc, st.system, fmt.Sprintf("%d-%d", st.round, i))
+		f, err := measureStep(ctx, &cfg, st.sc, st.system, st.round, fmt.Sprintf("%d-%d", st.round, i))
 		if err != nil {
 			msg := fmt.Sprintf("round %d: %v", st.round, err)
 			sr.Errors = append(sr.Errors, msg)
@@ -235,7 +235,7 @@ func notes(cfg *Config, runJS bool) []string {
 // servers (unless an existing deployment is used), sets up the log or
 // stream, pre-fills it for read modes, warms up, measures, and stops the
 // servers to read their CPU time and peak memory.
-func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id string) (Figures, error) {
+func measureStep(ctx context.Context, cfg *Config, sc Scenario, system string, round int, id string) (Figures, error) {
 	var f Figures
 	setupCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -254,13 +254,13 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 	case system == SystemJetStream && external:
 		url = cfg.JetStreamURL
 	case system == SystemNatlog:
-		srv, err = startNatlog(setupCtx, cfg.NatlogBin, cfg.WorkDir, sc.Replicas, "always")
+		srv, err = startNatlog(setupCtx, cfg.NatlogBin, cfg.WorkDir, sc.Replicas, "always", cfg.ProfileDir != "")
 	default:
 		sync := "always"
 		if sc.Durability == Default {
 			sync = "default"
 		}
-		srv, err = startJetStream(setupCtx, cfg.NatlogBin, cfg.WorkDir, sc.Replicas, sync)
+		srv, err = startJetStream(setupCtx, cfg.NatlogBin, cfg.WorkDir, sc.Replicas, sync, cfg.ProfileDir != "")
 	}
 	if err != nil {
 		return f, err
@@ -342,9 +342,20 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system, id strin
 		}
 	}
 	lat := newLatencies()
+	var prof *profiles
+	if cfg.ProfileDir != "" {
+		if prof, err = startProfiles(ctx, cfg, sc, system, round, srv); err != nil {
+			return f, err
+		}
+	}
 	start := time.Now()
 	n, err := load(ctx, t, cfg, sc, start.Add(cfg.Duration), lat)
 	elapsed := time.Since(start)
+	if prof != nil {
+		if perr := prof.finish(); perr != nil && err == nil {
+			err = fmt.Errorf("profiles: %w", perr)
+		}
+	}
 	if err != nil {
 		return f, withServerLog(err, srv)
 	}

@@ -20,12 +20,15 @@ import (
 // proc is one server process: "natlog serve" or
 // "natlog bench-jetstream-server".
 type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	stop    os.Signal
-	done    chan struct{} // closed when the process has exited
-	waitErr error         // set before done is closed
+	name string
+	// pprofAddr is the process's net/http/pprof endpoint (host:port),
+	// if it was started with one (Config.ProfileDir).
+	pprofAddr string
+	cmd       *exec.Cmd
+	logPath   string
+	stop      os.Signal
+	done      chan struct{} // closed when the process has exited
+	waitErr   error         // set before done is closed
 }
 
 // startProc starts bin with args; its output goes to dir/name.log.
@@ -175,7 +178,8 @@ func (s *servers) waitConnect(ctx context.Context, url string) error {
 // fresh directory under workDir. n1 embeds NATS; n2 and n3 connect to it.
 // Nodes are stopped with SIGINT: in cluster mode SIGTERM would make each
 // leave the cluster first, which is not what is measured.
-func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync string) (_ *servers, err error) {
+// With profile, each node serves net/http/pprof on a free loopback port.
+func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync string, profile bool) (_ *servers, err error) {
 	dir, err := os.MkdirTemp(workDir, "natlog-bench-natlog-")
 	if err != nil {
 		return nil, err
@@ -186,7 +190,7 @@ func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync s
 			s.stop()
 		}
 	}()
-	ports, err := freePorts(1)
+	ports, err := freePorts(1 + replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -204,10 +208,16 @@ func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync s
 		} else {
 			args = append(args, "--nats-url", s.url)
 		}
+		pprofAddr := ""
+		if profile {
+			pprofAddr = fmt.Sprintf("127.0.0.1:%d", ports[i])
+			args = append(args, "--pprof-listen", pprofAddr)
+		}
 		p, err := startProc(bin, dir, "natlog-"+id, os.Interrupt, args...)
 		if err != nil {
 			return nil, err
 		}
+		p.pprofAddr = pprofAddr
 		s.procs = append(s.procs, p)
 		if i == 1 {
 			// n2 and n3 need n1's NATS to take connections.
@@ -232,8 +242,9 @@ func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync s
 
 // startJetStream starts one nats-server with JetStream (replicas 1) or a
 // 3-server cluster routed on loopback, in a fresh directory under workDir.
-// sync is "always" or "default".
-func startJetStream(ctx context.Context, bin, workDir string, replicas int, sync string) (_ *servers, err error) {
+// sync is "always" or "default". With profile, each server serves
+// nats-server's profiling endpoint (net/http/pprof) on a free loopback port.
+func startJetStream(ctx context.Context, bin, workDir string, replicas int, sync string, profile bool) (_ *servers, err error) {
 	dir, err := os.MkdirTemp(workDir, "natlog-bench-jetstream-")
 	if err != nil {
 		return nil, err
@@ -244,7 +255,7 @@ func startJetStream(ctx context.Context, bin, workDir string, replicas int, sync
 			s.stop()
 		}
 	}()
-	ports, err := freePorts(2 * replicas)
+	ports, err := freePorts(3 * replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -262,10 +273,16 @@ func startJetStream(ctx context.Context, bin, workDir string, replicas int, sync
 				"--routes", strings.Join(routes, ","))
 		}
 		s.urls[name] = fmt.Sprintf("nats://127.0.0.1:%d", ports[i])
+		pprofAddr := ""
+		if profile {
+			pprofAddr = fmt.Sprintf("127.0.0.1:%d", ports[2*replicas+i])
+			args = append(args, "--prof-port", strconv.Itoa(ports[2*replicas+i]))
+		}
 		p, err := startProc(bin, dir, name, syscall.SIGTERM, args...)
 		if err != nil {
 			return nil, err
 		}
+		p.pprofAddr = pprofAddr
 		s.procs = append(s.procs, p)
 	}
 	s.url = fmt.Sprintf("nats://127.0.0.1:%d", ports[0])
