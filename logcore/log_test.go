@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestAppendReadEachPolicy(t *testing.T) {
@@ -170,6 +171,64 @@ func TestReadBatch(t *testing.T) {
 		t.Fatalf("budget 500: %d records of %d bytes", len(got), size)
 	}
 	_, err = l.ReadBatch(401, 10, 100)
+	mustOutOfRange(t, err)
+}
+
+// TestReadBatchInto: reads into a caller's buffer, across segments, reuse
+// it when the records fit and grow it when they do not, and return the
+// same records as ReadBatch.
+func TestReadBatchInto(t *testing.T) {
+	l := openLog(t, t.TempDir(), testConfig(SyncAlways)) // 4 KiB segments
+	defer l.Close()
+	appendN(t, l, 0, 400)
+	check := func(recs []Record, from uint64, n int) {
+		t.Helper()
+		if len(recs) != n {
+			t.Fatalf("%d records, want %d", len(recs), n)
+		}
+		for i, r := range recs {
+			if r.Offset != from+uint64(i) || string(r.Value) != string(testRecord(int(from)+i).Value) {
+				t.Fatalf("record %d = %d %q", i, r.Offset, r.Value)
+			}
+		}
+	}
+
+	// Too small: a larger buffer comes back, holding all the records.
+	small := make([]byte, 0, 100)
+	recs, buf, err := l.ReadBatchInto(small, 0, 400, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(recs, 0, 400)
+	if cap(buf) <= cap(small) || len(buf) == 0 {
+		t.Fatalf("buffer of len %d cap %d after a read larger than %d", len(buf), cap(buf), cap(small))
+	}
+
+	// Large enough: the records are read into it, across segments, and
+	// it is reused from its start (len 0) by the next read.
+	big := make([]byte, 0, 1<<20)
+	for _, from := range []uint64{0, 123} {
+		recs, buf, err = l.ReadBatchInto(big[:0], from, 200, 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(recs, from, 200)
+		if &buf[0] != &big[:1][0] {
+			t.Fatalf("read from %d: records not read into the given buffer", from)
+		}
+		// Each record aliases the buffer.
+		last := recs[len(recs)-1].Value
+		if p := &last[0]; uintptr(unsafe.Pointer(p)) < uintptr(unsafe.Pointer(&buf[0])) || uintptr(unsafe.Pointer(p)) >= uintptr(unsafe.Pointer(&buf[0]))+uintptr(len(buf)) {
+			t.Fatalf("read from %d: last record's value outside the returned buffer", from)
+		}
+	}
+
+	// Nothing to read: the buffer comes back as it was.
+	recs, buf, err = l.ReadBatchInto(big[:0], 400, 10, 1<<20)
+	if err != nil || len(recs) != 0 || cap(buf) != cap(big) {
+		t.Fatalf("at the end: %d records, cap %d, %v", len(recs), cap(buf), err)
+	}
+	_, _, err = l.ReadBatchInto(big[:0], 401, 10, 1<<20)
 	mustOutOfRange(t, err)
 }
 

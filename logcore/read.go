@@ -227,11 +227,22 @@ func (l *Log) Read(off uint64) (Record, error) {
 // records and no error if off is NextOffset, and an *OffsetError outside
 // [LowestOffset, NextOffset]. The records alias one buffer per segment read.
 func (l *Log) ReadBatch(off uint64, maxRecords int, maxBytes int) ([]Record, error) {
+	recs, _, err := l.ReadBatchInto(nil, off, maxRecords, maxBytes)
+	return recs, err
+}
+
+// ReadBatchInto is ReadBatch reading into buf's spare capacity (from
+// buf[len(buf)]) where the records fit, so that a reader can reuse one
+// buffer across reads instead of allocating one per read. It returns the
+// buffer the records were read into last (buf, extended, or a larger
+// one when they did not fit); the records alias it (and buf), so the
+// caller may reuse it only once done with them.
+func (l *Log) ReadBatchInto(buf []byte, off uint64, maxRecords int, maxBytes int) ([]Record, []byte, error) {
 	if maxRecords <= 0 {
-		return nil, nil
+		return nil, buf, nil
 	}
 	if vis := l.visible.Load(); off == vis && off >= l.lowest.Load() {
-		return nil, nil
+		return nil, buf, nil
 	}
 	var out []Record
 	budget := int64(maxBytes)
@@ -241,20 +252,21 @@ func (l *Log) ReadBatch(off uint64, maxRecords int, maxBytes int) ([]Record, err
 			break
 		}
 		if err := l.ensureFlushed(min(vis, off+uint64(maxRecords-len(out)))); err != nil {
-			return out, err
+			return out, buf, err
 		}
 		s, err := l.segmentFor(off)
 		if err != nil {
 			if len(out) > 0 && errors.Is(err, ErrOffsetOutOfRange) {
 				break
 			}
-			return out, err
+			return out, buf, err
 		}
-		recs, raw, err := l.readRun(s, off, maxRecords-len(out), budget, len(out) == 0)
+		recs, raw, err := l.readRun(s, off, maxRecords-len(out), budget, len(out) == 0, buf)
 		s.fmu.RUnlock()
+		buf = extend(buf, raw)
 		out = append(out, recs...)
 		if err != nil {
-			return out, err
+			return out, buf, err
 		}
 		off += uint64(len(recs))
 		budget -= int64(len(raw))
@@ -262,12 +274,26 @@ func (l *Log) ReadBatch(off uint64, maxRecords int, maxBytes int) ([]Record, err
 			break
 		}
 	}
-	return out, nil
+	return out, buf, nil
+}
+
+// extend returns buf with raw, which readRun read either into buf's spare
+// capacity (buf grows over it) or into a new buffer (which replaces buf).
+func extend(buf, raw []byte) []byte {
+	if len(raw) == 0 {
+		return buf
+	}
+	if n := len(buf); cap(buf)-n >= len(raw) && &buf[:n+1][n] == &raw[0] {
+		return buf[:n+len(raw)]
+	}
+	return raw
 }
 
 // readRun reads up to n records from off within one segment in one read,
-// bounded by budget bytes (but at least one record if first).
-func (l *Log) readRun(s *segment, off uint64, n int, budget int64, first bool) ([]Record, []byte, error) {
+// bounded by budget bytes (but at least one record if first), into buf's
+// spare capacity if the run fits there (else into a new buffer, with room
+// to spare for the next reads into it).
+func (l *Log) readRun(s *segment, off uint64, n int, budget int64, first bool, buf []byte) ([]Record, []byte, error) {
 	// Readable here means visible and in the file: under the weaker sync
 	// policies records become visible while still in the write buffer,
 	// and the caller flushed only up to the visible offset it saw.
@@ -321,7 +347,14 @@ func (l *Log) readRun(s *segment, off uint64, n int, budget int64, first bool) (
 	if end <= start {
 		return nil, nil, corruptf("segment %d: index position %d past the store's end %d", s.base, start, end)
 	}
-	b := make([]byte, end-start)
+	var b []byte
+	if need := int(end - start); cap(buf)-len(buf) >= need {
+		b = buf[len(buf) : len(buf)+need]
+	} else if buf != nil {
+		b = make([]byte, need, max(need, 2*cap(buf)))
+	} else {
+		b = make([]byte, need)
+	}
 	if _, err := s.store.ReadAt(b, start); err != nil && !errors.Is(err, io.EOF) {
 		return nil, nil, fmt.Errorf("logcore: read segment %d: %w", s.base, err)
 	}

@@ -124,7 +124,8 @@ func (l *Log) TruncateFrom(off uint64) error {
 type Reader struct {
 	l        *Log
 	next, to uint64
-	buf      []byte
+	buf      []byte // read, not yet returned
+	scratch  []byte // the buffer of the last read, reused by the next
 }
 
 // NewReader returns a Reader of the records from from up to, not including,
@@ -148,13 +149,14 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		recs, raw, err := r.l.readRun(s, r.next, int(min(r.to-r.next, 1<<16)), 1<<20, true)
+		recs, raw, err := r.l.readRun(s, r.next, int(min(r.to-r.next, 1<<16)), 1<<20, true, r.scratch[:0])
 		s.fmu.RUnlock()
 		if err != nil {
 			return 0, err
 		}
 		r.next += uint64(len(recs))
-		r.buf = raw
+		r.buf, r.scratch = raw, raw[:0] // r.buf is drained before the next read reuses it
+
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]

@@ -194,7 +194,13 @@ func (s *Server) handleRead(c *call) {
 	c.op = opReadBatch
 	asJSON := len(h) > 0 && h.Get(protocol.HeaderAccept) == protocol.ContentTypeJSON
 	c.goAsync(func() {
-		rep, perr := s.readBatch(s.stopCtx, name, req, s.replyBudget(), c.release)
+		// The records are read into a pooled buffer, encoded into
+		// another, and both go back to the pool once the reply is sent
+		// (nats.go copies it into its write buffer before Publish
+		// returns): a batch read of 1 MiB allocated 2 MiB before.
+		scratch := getBuf()
+		defer putBuf(scratch)
+		rep, perr := s.readBatch(s.stopCtx, name, req, s.replyBudget(), c.release, scratch)
 		if perr != nil {
 			c.fail(perr)
 			return
@@ -213,7 +219,13 @@ func (s *Server) handleRead(c *call) {
 		for i := range rep.Records {
 			size += protocol.RecordSize(&rep.Records[i])
 		}
-		c.reply(rep.AppendMsgpack(make([]byte, 0, size)), nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
+		out := getBuf()
+		defer putBuf(out)
+		if cap(*out) < size {
+			*out = make([]byte, 0, size)
+		}
+		*out = rep.AppendMsgpack((*out)[:0])
+		c.reply(*out, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
 		s.reads.Add(1)
 	})
 }

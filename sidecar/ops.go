@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/natlog/natlog/logcore"
@@ -183,7 +184,10 @@ func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Err
 // by the config) if there are none yet. The reply fits in budget bytes of
 // msgpack. release, if not nil, is called before waiting (to give back the
 // worker slot the caller holds).
-func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRequest, budget int, release func()) (protocol.ReadReply, *protocol.Error) {
+//
+// The records alias *scratch, which the read may replace with a larger
+// buffer; the caller owns it again once done with the reply.
+func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRequest, budget int, release func(), scratch *[]byte) (protocol.ReadReply, *protocol.Error) {
 	if req.MinOffset != nil || req.Linearizable {
 		if s.cluster == nil {
 			// A single node has applied everything it acknowledged.
@@ -212,7 +216,8 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 	if req.MaxBytes > 0 {
 		maxBytes = min(maxBytes, req.MaxBytes)
 	}
-	recs, err := log.ReadBatch(req.Offset, max, maxBytes)
+	recs, buf, err := log.ReadBatchInto((*scratch)[:0], req.Offset, max, maxBytes)
+	*scratch = buf
 	if err == nil && len(recs) == 0 && req.WaitMs > 0 && s.tryWaiter() {
 		if release != nil {
 			release()
@@ -223,7 +228,8 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 		cancel()
 		s.doneWaiter()
 		if werr == nil {
-			recs, err = log.ReadBatch(req.Offset, max, maxBytes)
+			recs, buf, err = log.ReadBatchInto((*scratch)[:0], req.Offset, max, maxBytes)
+			*scratch = buf
 		} else if ctx.Err() == nil && wctx.Err() == nil {
 			err = werr // the log closed: deleted, or the node is stopping
 		}
@@ -397,4 +403,28 @@ func (s *Server) deleteLog(name string) (protocol.DeleteReply, *protocol.Error) 
 		return protocol.DeleteReply{}, protocol.AsError(err)
 	}
 	return protocol.DeleteReply{Log: name, Deleted: true}, nil
+}
+
+// bufPool holds the buffers of batch reads (records read from a log, and
+// replies encoded), so that large reads do not allocate (and zero, and
+// collect) a megabyte or two each.
+var bufPool sync.Pool
+
+// maxPooledBuf is the largest buffer kept in bufPool: larger ones (a NATS
+// max payload raised far above the default 1 MiB) are left to the GC.
+const maxPooledBuf = 8 << 20
+
+func getBuf() *[]byte {
+	if b, ok := bufPool.Get().(*[]byte); ok {
+		return b
+	}
+	return new([]byte)
+}
+
+func putBuf(b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		return
+	}
+	*b = (*b)[:0]
+	bufPool.Put(b)
 }
