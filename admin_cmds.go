@@ -102,7 +102,11 @@ func printInfo(w io.Writer, l protocol.LogInfo) {
 	row("retention bytes", bound(l.RetentionBytes, humanBytes))
 	row("retention age", bound(l.RetentionAgeMs, func(ms int64) string { return (time.Duration(ms) * time.Millisecond).String() }))
 	row("retention segments", bound(int64(l.RetentionSegments), func(n int64) string { return fmt.Sprint(n) }))
-	row("created", time.Unix(0, l.Created).UTC().Format(time.RFC3339))
+	if l.Created != 0 {
+		row("created", time.Unix(0, l.Created).UTC().Format(time.RFC3339))
+	} else {
+		row("created", "unknown")
+	}
 	tw.Flush()
 }
 

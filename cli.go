@@ -484,7 +484,13 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 		return li, c.explain(err)
 	}
 	li, err := info()
-	if err != nil {
+	switch {
+	case err != nil && *follow && *from == "" && errors.Is(err, client.ErrUnknownLog):
+		// As tail -F waits for a file: the consumer waits for the log
+		// to be created and follows it from its first record.
+		fmt.Fprintf(stderr, "natlog: log %q does not exist yet; waiting for it\n", log)
+		li = protocol.LogInfo{}
+	case err != nil:
 		return err
 	}
 	start := li.FirstOffset

@@ -93,3 +93,31 @@ func TestCLITailFollow(t *testing.T) {
 		t.Fatalf("stdout %q, stderr %q", s, errOut.String())
 	}
 }
+
+// natlog tail -f on a log that does not exist yet waits for it, as tail -F
+// waits for a file, and prints its records from the first.
+func TestCLITailFollowWaitsForLog(t *testing.T) {
+	n := startNode(t, "")
+	cmd := exec.Command(natlogBin, "tail", "later", "-f", "--raw")
+	cmd.Env = append(os.Environ(), "NATS_URL="+n.natsURL)
+	var out, errOut syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, 10*time.Second, "the waiting notice", func() bool { return strings.Contains(errOut.String(), "does not exist yet") })
+	n.mustCLI("", "append", "later", "first", "second")
+	waitFor(t, 10*time.Second, "the records", func() bool { return out.String() == "first\nsecond\n" })
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if code := exitCode(err); code != 0 {
+			t.Fatalf("exit %d after SIGINT; stderr %q", code, errOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("tail -f did not stop after SIGINT")
+	}
+}

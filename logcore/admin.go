@@ -51,7 +51,7 @@ type Info struct {
 	NextOffset   uint64 // offset of the next record; the log end
 	Records      uint64 // NextOffset - LowestOffset
 	Segments     int
-	Bytes        int64 // total size of the store files
+	Bytes        int64 // total size of the stores (records in the write buffer included)
 	Sync         SyncPolicy
 	Retention    Retention
 }
@@ -73,7 +73,15 @@ func (l *Log) Info() (Info, error) {
 		}
 		bytes += n
 	}
-	bytes += segs[len(segs)-1].flushed.Load()
+	// The active store's size includes records still in the write
+	// buffer: under SyncNever a log may keep its last 256 KiB there.
+	l.mu.Lock()
+	if act := l.active; act == segs[len(segs)-1] {
+		bytes += act.size
+	} else {
+		bytes += segs[len(segs)-1].flushed.Load()
+	}
+	l.mu.Unlock()
 	low, next := l.lowest.Load(), l.visible.Load()
 	return Info{
 		LowestOffset: low, NextOffset: next, Records: next - low,

@@ -86,6 +86,9 @@ type fsmLog struct {
 type logMeta struct {
 	Settings LogSettings `msgpack:"s"`
 	Created  uint64      `msgpack:"c"` // Raft index of the create
+	// CreatedTime is the create's time (the leader's stamp on its entry),
+	// Unix nanoseconds; 0 in metadata written before it was kept.
+	CreatedTime int64 `msgpack:"t,omitempty"`
 }
 
 // OpenFSM opens the FSM in cfg.Dir, finishing or discarding a snapshot
@@ -259,7 +262,7 @@ func (f *FSM) applyOp(pos position, now int64, op *Op) Result {
 		if fl != nil {
 			return Result{}
 		}
-		_, err := f.create(op.Log, op.Settings, pos.index)
+		_, err := f.create(op.Log, op.Settings, pos.index, now)
 		return Result{Err: err}
 	case OpDelete:
 		if fl == nil {
@@ -275,7 +278,7 @@ func (f *FSM) applyOp(pos position, now int64, op *Op) Result {
 				return Result{Err: fmt.Errorf("%w: %s", ErrUnknownLog, op.Log)}
 			}
 			var err error
-			if fl, err = f.create(op.Log, op.Settings, pos.index); err != nil {
+			if fl, err = f.create(op.Log, op.Settings, pos.index, now); err != nil {
 				return Result{Err: err}
 			}
 		}
@@ -343,13 +346,14 @@ func (f *FSM) fail(fl *fsmLog, err error) error {
 }
 
 // create makes a new log: its directory, its metadata (written durably
-// before any record), its segments.
-func (f *FSM) create(name string, s *LogSettings, index uint64) (*fsmLog, error) {
+// before any record), its segments. index and now are the create's entry
+// and its time.
+func (f *FSM) create(name string, s *LogSettings, index uint64, now int64) (*fsmLog, error) {
 	settings := f.cfg.Defaults
 	if s != nil {
 		settings = *s
 	}
-	meta := logMeta{Settings: settings, Created: index}
+	meta := logMeta{Settings: settings, Created: index, CreatedTime: now}
 	dir := f.path("logs", name)
 	if err := f.fs.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("%w: create %s: %v", ErrStorage, name, err)
@@ -405,6 +409,17 @@ func (f *FSM) Log(name string) *logcore.Log {
 		return fl.log
 	}
 	return nil
+}
+
+// Created returns when the named log was created (Unix nanoseconds; 0 if
+// not known: logs created before this was kept), and whether it exists.
+func (f *FSM) Created(name string) (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if fl := f.logs[name]; fl != nil {
+		return fl.meta.CreatedTime, true
+	}
+	return 0, false
 }
 
 // Logs returns the names of the logs, sorted.

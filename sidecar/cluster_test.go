@@ -76,6 +76,25 @@ func TestClusterElectsReplicatesAndReads(t *testing.T) {
 		}
 	}
 
+	// Info on every node: the records' bytes (the FSM's logs keep their
+	// newest records in the write buffer) and when the log was created
+	// (the leader's time, the same on every replica).
+	before := time.Now().Add(-time.Minute).UnixNano()
+	var created int64
+	for _, id := range tc.ids() {
+		li, perr := tc.node(id).cluster.info("orders")
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		if li.Bytes < int64(len(want))*10 || li.Created < before || li.Created > time.Now().UnixNano() {
+			t.Fatalf("%s: info %+v: want bytes for %d records and a creation time of this test", id, li, len(want))
+		}
+		if created != 0 && li.Created != created {
+			t.Fatalf("%s: created %d, another node says %d", id, li.Created, created)
+		}
+		created = li.Created
+	}
+
 	// Create and delete go through Raft too.
 	wantOK(t, request(t, nc, "natlog.create.events", []byte(`{"max_segment_bytes":1048576}`), nil))
 	eventually(t, 10*time.Second, "events on every node", func() bool {
