@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -67,6 +68,12 @@ type FSM struct {
 	mu     sync.RWMutex // guards logs; readers hold it shared
 	logs   map[string]*fsmLog
 	failed map[string]error // logs whose storage failed, with why; guarded by mu
+
+	// applied is the Raft index of the last command applied (or
+	// restored from a snapshot). raft.Raft's AppliedIndex is not it: Raft
+	// raises that when it hands entries to the FSM, before they are
+	// applied.
+	applied atomic.Uint64
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -207,6 +214,7 @@ func (f *FSM) Apply(entry *raft.Log) any {
 	if entry.Type != raft.LogCommand {
 		return nil
 	}
+	defer f.applied.Store(entry.Index)
 	cmd, err := DecodeCommand(entry.Data)
 	if err != nil {
 		f.cfg.Logger.Error("raftfsm: undecodable entry", "index", entry.Index, "err", err)
@@ -410,6 +418,13 @@ func (f *FSM) Log(name string) *logcore.Log {
 	}
 	return nil
 }
+
+// AppliedIndex is the Raft index of the last command whose ops are
+// applied (visible to readers), or of the snapshot restored since; 0
+// until the first. Every replica applies the same commands at the same
+// indexes, so a replica whose AppliedIndex has reached a command's index
+// holds its effects.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
 // Created returns when the named log was created (Unix nanoseconds; 0 if
 // not known: logs created before this was kept), and whether it exists.

@@ -220,6 +220,9 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		}
 		src.Apply(entry(t, uint64(i), int64(i), ops...))
 	}
+	if got := src.AppliedIndex(); got != 200 {
+		t.Fatalf("AppliedIndex after 200 entries = %d", got)
+	}
 	snap, err := src.Snapshot()
 	must(t, err)
 	// Appends after the cut are not in the snapshot.
@@ -234,6 +237,9 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	defer dst.Close()
 	dst.Apply(entry(t, 1, 1, appendOp("stale", "gone after restore")))
 	must(t, dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
+	if got := dst.AppliedIndex(); got != 200 {
+		t.Fatalf("AppliedIndex after restoring the cut at 200 = %d", got)
+	}
 	if got := fmt.Sprint(dst.Logs()); got != "[a l0 l1 l2]" {
 		t.Fatalf("logs after restore = %s", got)
 	}

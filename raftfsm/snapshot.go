@@ -33,6 +33,9 @@ const snapshotVersion = 1
 type snapshotHeader struct {
 	Version int           `msgpack:"v"`
 	Logs    []snapshotLog `msgpack:"l"`
+	// Applied is the FSM's AppliedIndex at the cut (0 in snapshots
+	// written before it was kept).
+	Applied uint64 `msgpack:"a,omitempty"`
 }
 
 type snapshotLog struct {
@@ -53,7 +56,7 @@ type cutSnapshot struct {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion}}
+	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion, Applied: f.applied.Load()}}
 	for _, name := range sortedKeys(f.logs) {
 		fl := f.logs[name]
 		s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: fl.log.LowestOffset(), Next: fl.log.NextOffset()})
@@ -110,7 +113,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.fs.MkdirAll(filepath.Join(tmp, "logs"), 0o755); err != nil {
 		return err
 	}
-	if err := f.buildFromSnapshot(bufio.NewReaderSize(rc, 256<<10), filepath.Join(tmp, "logs")); err != nil {
+	applied, err := f.buildFromSnapshot(bufio.NewReaderSize(rc, 256<<10), filepath.Join(tmp, "logs"))
+	if err != nil {
 		f.fs.RemoveAll(tmp)
 		return fmt.Errorf("raftfsm: restore: %w", err)
 	}
@@ -126,47 +130,52 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.failed = map[string]error{}
 	f.mu.Unlock()
-	return f.openLogs()
+	if err := f.openLogs(); err != nil {
+		return err
+	}
+	f.applied.Store(applied)
+	return nil
 }
 
-// buildFromSnapshot writes the snapshot's logs under dir.
-func (f *FSM) buildFromSnapshot(r io.Reader, dir string) error {
+// buildFromSnapshot writes the snapshot's logs under dir and returns the
+// snapshot's applied index.
+func (f *FSM) buildFromSnapshot(r io.Reader, dir string) (uint64, error) {
 	var n uint32
 	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
-		return fmt.Errorf("snapshot header: %w", err)
+		return 0, fmt.Errorf("snapshot header: %w", err)
 	}
 	if n > 64<<20 {
-		return fmt.Errorf("snapshot header of %d bytes", n)
+		return 0, fmt.Errorf("snapshot header of %d bytes", n)
 	}
 	hb := make([]byte, n)
 	if _, err := io.ReadFull(r, hb); err != nil {
-		return fmt.Errorf("snapshot header: %w", err)
+		return 0, fmt.Errorf("snapshot header: %w", err)
 	}
 	var hdr snapshotHeader
 	if err := msgpack.Unmarshal(hb, &hdr); err != nil {
-		return fmt.Errorf("snapshot header: %w", err)
+		return 0, fmt.Errorf("snapshot header: %w", err)
 	}
 	if hdr.Version != snapshotVersion {
-		return fmt.Errorf("snapshot version %d, want %d", hdr.Version, snapshotVersion)
+		return 0, fmt.Errorf("snapshot version %d, want %d", hdr.Version, snapshotVersion)
 	}
 	fr := logcore.NewFrameReader(r)
 	for _, h := range hdr.Logs {
 		if !validName(h.Name) || h.Next < h.Lowest {
-			return fmt.Errorf("snapshot log %q: bad header", h.Name)
+			return 0, fmt.Errorf("snapshot log %q: bad header", h.Name)
 		}
 		ldir := filepath.Join(dir, h.Name)
 		if err := f.fs.MkdirAll(ldir, 0o755); err != nil {
-			return err
+			return 0, err
 		}
 		if err := logcore.WriteFileAtomic(f.fs, filepath.Join(ldir, "meta"), mustMarshal(h.Meta)); err != nil {
-			return err
+			return 0, err
 		}
 		cfg := f.logConfig(h.Meta.Settings)
 		cfg.InitialOffset = h.Lowest
 		cfg.Sync = logcore.SyncNeverUnsafe
 		l, err := logcore.Open(filepath.Join(ldir, "segments"), cfg)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		err = copyRecords(fr, l, h)
 		if err == nil {
@@ -176,10 +185,10 @@ func (f *FSM) buildFromSnapshot(r io.Reader, dir string) error {
 			err = cerr
 		}
 		if err != nil {
-			return fmt.Errorf("snapshot log %s: %w", h.Name, err)
+			return 0, fmt.Errorf("snapshot log %s: %w", h.Name, err)
 		}
 	}
-	return nil
+	return hdr.Applied, nil
 }
 
 // copyRecords appends the next h.Next-h.Lowest records of the stream to l,

@@ -391,7 +391,7 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	if _, err := fmt.Sscan(string(m.Data), &idx); err != nil {
 		return protocol.Errorf(protocol.ErrUnavailable, "leader: %s", m.Data)
 	}
-	for n.raft.AppliedIndex() < idx {
+	for n.fsm.AppliedIndex() < idx {
 		select {
 		case <-ctx.Done():
 			return protocol.Errorf(protocol.ErrUnavailable, "this replica has not applied index %d yet; retry", idx)
@@ -402,8 +402,10 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 }
 
 // onCommitIndex serves <prefix>._cluster.<name>.commit on the leader: a
-// barrier, then the applied index (which covers everything committed
-// before the request).
+// barrier (answered once the FSM has applied every entry before it), then
+// the FSM's applied index, which covers everything committed before the
+// request. (raft's own AppliedIndex is raised before the FSM applies: a
+// follower waiting on it could read before the records are there.)
 func (n *clusterNode) onCommitIndex(m *nats.Msg) {
 	go func() {
 		if n.raft.State() != raft.Leader {
@@ -414,7 +416,7 @@ func (n *clusterNode) onCommitIndex(m *nats.Msg) {
 			m.Respond([]byte(err.Error()))
 			return
 		}
-		m.Respond(fmt.Appendf(nil, "%d", n.raft.AppliedIndex()))
+		m.Respond(fmt.Appendf(nil, "%d", n.fsm.AppliedIndex()))
 	}()
 }
 
