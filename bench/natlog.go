@@ -23,7 +23,9 @@ import (
 // natlogTarget drives one natlog log through the client.
 type natlogTarget struct {
 	cl  *client.Client
-	log string
+	// readCl, if set, serves Read: a client preferring one node.
+	readCl *client.Client
+	log    string
 	// next is where the next Fetch starts.
 	next uint64
 	// batch caches the records of the last AppendBatch.
@@ -35,20 +37,34 @@ var _ target = (*natlogTarget)(nil)
 // dialNatlog connects to the natlog node or cluster at url (its NATS) for
 // log under the default prefix, with at most window appends pending in
 // AppendWindow.
-func dialNatlog(ctx context.Context, url, log string, window int) (*natlogTarget, error) {
+// readNode, if not empty, is the node that single-record reads prefer.
+func dialNatlog(ctx context.Context, url, log string, window int, readNode string) (*natlogTarget, error) {
 	timeout := 30 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(d), time.Millisecond)
 	}
-	cl, err := client.Dial(url, client.WithNATSOptions(nats.Name("natlog-bench"), nats.MaxReconnects(-1)),
-		client.WithMaxPending(max(window, 1)), client.WithRequestTimeout(min(timeout, opTimeout)))
+	opts := []client.Option{client.WithNATSOptions(nats.Name("natlog-bench"), nats.MaxReconnects(-1)),
+		client.WithMaxPending(max(window, 1)), client.WithRequestTimeout(min(timeout, opTimeout))}
+	cl, err := client.Dial(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("natlog: connect %s: %w", url, err)
 	}
-	return &natlogTarget{cl: cl, log: log}, nil
+	t := &natlogTarget{cl: cl, log: log}
+	if readNode != "" {
+		if t.readCl, err = client.Dial(url, append(opts, client.WithPreferredNode(readNode))...); err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("natlog: connect %s: %w", url, err)
+		}
+	}
+	return t, nil
 }
 
-func (t *natlogTarget) Close() { t.cl.Close() }
+func (t *natlogTarget) Close() {
+	t.cl.Close()
+	if t.readCl != nil {
+		t.readCl.Close()
+	}
+}
 
 // natlogNotReady reports whether err means the cluster has no leader
 // taking requests yet: worth retrying during setup.
@@ -171,7 +187,11 @@ func (t *natlogTarget) AppendBatch(ctx context.Context, payloads [][]byte) error
 }
 
 func (t *natlogTarget) Read(ctx context.Context, off uint64) error {
-	r, err := t.cl.Read(ctx, t.log, off)
+	cl := t.cl
+	if t.readCl != nil {
+		cl = t.readCl
+	}
+	r, err := cl.Read(ctx, t.log, off)
 	if err != nil {
 		return err
 	}

@@ -218,7 +218,7 @@ func notes(cfg *Config, runJS bool) []string {
 		"Read modes (read, fetch, consume) fsync nothing, so they are measured under matched durability only.",
 		"batch: natlog one msgpack batch append per request; JetStream an atomic batch publish (Nats-Batch-Id headers; nats.go v1.55 has no call for it), one commit request per batch.",
 		"window: natlog client AppendAsync with " + fmt.Sprint(cfg.Window) + " pending (queued records go out as batches, one request in flight per log); JetStream PublishMsgAsync with max pending " + fmt.Sprint(cfg.Window) + ".",
-		"read: natlog client Read (R3: routed to followers); JetStream direct get. fetch: natlog client Fetch of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog client Consume; JetStream an ordered consumer's Consume callback.",
+		"read: natlog client Read (R3: with WithPreferredNode(n1), the node in the process of the NATS server the load generator is connected to); JetStream direct get (answered by the replica on the server the load generator is connected to). fetch: natlog client Fetch of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog client Consume; JetStream an ordered consumer's Consume callback.",
 		"R3: natlog's three nodes share n1's embedded NATS server, where the load generator connects; JetStream's load generator connects to the stream leader's server (no route hop to the leader for either).",
 		"Server CPU seconds and peak RSS cover each measurement's servers over their whole lives (start, setup, prefill, warmup, measurement, stop), summed over the processes (3 for R3): fresh servers per system per round.",
 	}
@@ -288,7 +288,16 @@ func measureStep(ctx context.Context, cfg *Config, sc Scenario, system string, r
 	}
 	var t target
 	if system == SystemNatlog {
-		nt, err := dialNatlog(ctx, url, logName, cfg.Window)
+		// Single-record reads in a cluster we started go to n1, the node
+		// in the process of the NATS server the load generator uses, as
+		// JetStream's direct gets are answered by the replica on the
+		// server the client is connected to (and as an application
+		// reads from the sidecar next to it, client.WithPreferredNode).
+		readNode := ""
+		if srv != nil && sc.Replicas > 1 && sc.Mode == ModeRead {
+			readNode = "n1"
+		}
+		nt, err := dialNatlog(ctx, url, logName, cfg.Window, readNode)
 		if err != nil {
 			return f, err
 		}

@@ -226,7 +226,7 @@ func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync s
 			}
 		}
 	}
-	t, err := dialNatlog(ctx, s.url, "bench", 1)
+	t, err := dialNatlog(ctx, s.url, "bench", 1, "")
 	if err != nil {
 		return nil, err
 	}

@@ -89,11 +89,13 @@ func WithAsyncTimeout(d time.Duration) Option { return func(o *options) { o.asyn
 func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
 
 // WithPreferredNode makes reads go to the node with this id while it is
-// a reachable replica (the sidecar next to the application, say).
+// a reachable member, leader or not (the sidecar next to the application,
+// say); without a preference reads go round-robin to the followers.
 func WithPreferredNode(id string) Option { return func(o *options) { o.preferNode = id } }
 
-// WithPreferredHost makes reads go to a replica that runs on this host
-// while there is one; LocalHost() gives this machine's name.
+// WithPreferredHost makes reads go to a member that runs on this host
+// (leader or not) while there is one; LocalHost() gives this machine's
+// name.
 func WithPreferredHost(host string) Option { return func(o *options) { o.preferHost = host } }
 
 // WithoutReadRouting sends reads to the nodes' shared subject, where NATS
@@ -375,8 +377,10 @@ func (c *Client) readNode(avoid string) string {
 		return ""
 	}
 	if c.opts.preferNode != "" || c.opts.preferHost != "" {
+		// A preferred node serves reads whatever its role, the leader
+		// included: it is the one next to the application.
 		for _, p := range c.view.status.Peers {
-			if p.ID != avoid && slices.Contains(rs, p.ID) &&
+			if p.ID != avoid && protocol.ValidLogName(p.ID) && p.State != "unreachable" &&
 				(p.ID == c.opts.preferNode || c.opts.preferHost != "" && p.Host == c.opts.preferHost) {
 				return p.ID
 			}

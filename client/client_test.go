@@ -328,6 +328,17 @@ func TestReadsSpreadOverReplicas(t *testing.T) {
 	if got := readsOf(t, cp, pref) - prefBefore; got != 10 {
 		t.Errorf("preferred node %s served %d of 10 reads", pref, got)
 	}
+	// Also when it is the leader: it is the node next to the application.
+	cl2 := c.client(client.WithPreferredNode(leader))
+	leaderBefore := readsOf(t, cl2, leader)
+	for range 10 {
+		if _, err := cl2.Read(ctx, "spread", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readsOf(t, cl2, leader) - leaderBefore; got != 10 {
+		t.Errorf("preferred leader %s served %d of 10 reads", leader, got)
+	}
 }
 
 func readsOf(t *testing.T, cl *client.Client, id string) uint64 {

@@ -12,7 +12,8 @@
 // append subjects, so NATS delivers them there. Reads go to a replica the
 // client picks, round-robin over the followers and read replicas (the
 // leader only when it is alone), or to a preferred node or host
-// (WithPreferredNode, WithPreferredHost), on the node's own subjects
+// (WithPreferredNode, WithPreferredHost; the leader too when it is the
+// preferred one), on the node's own subjects
 // (<prefix>.node.<id>.read.<log>). The client learns the membership and
 // the leader from the nodes' status replies, every WithRefreshInterval and
 // after any failure.
