@@ -22,7 +22,7 @@ import (
 
 // natlogTarget drives one natlog log through the client.
 type natlogTarget struct {
-	cl  *client.Client
+	cl *client.Client
 	// readCl, if set, serves Read: a client preferring one node.
 	readCl *client.Client
 	log    string
