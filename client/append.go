@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -259,6 +260,10 @@ type producer struct {
 	mu      sync.Mutex
 	queue   []pending
 	sending bool
+	// want, when not 0, is the queue length the producer waits for
+	// before its next batch; enqueue signals grown when it is reached.
+	want  int
+	grown chan struct{} // buffered(1)
 }
 
 func (c *Client) producerFor(log string) *producer {
@@ -266,7 +271,7 @@ func (c *Client) producerFor(log string) *producer {
 	defer c.prodMu.Unlock()
 	p := c.producers[log]
 	if p == nil {
-		p = &producer{c: c, log: log}
+		p = &producer{c: c, log: log, grown: make(chan struct{}, 1)}
 		c.producers[log] = p
 	}
 	return p
@@ -277,7 +282,17 @@ func (p *producer) enqueue(r pending) {
 	p.queue = append(p.queue, r)
 	start := !p.sending
 	p.sending = true
+	signal := p.want > 0 && len(p.queue) >= p.want
+	if signal {
+		p.want = 0
+	}
 	p.mu.Unlock()
+	if signal {
+		select {
+		case p.grown <- struct{}{}:
+		default:
+		}
+	}
 	if start {
 		p.c.wg.Add(1)
 		go p.run()
@@ -316,8 +331,44 @@ func (p *producer) run() {
 			p.queue = nil // let the backing array go
 		}
 		p.mu.Unlock()
+		t0 := time.Now()
 		p.send(batch)
+		p.linger(len(batch), time.Since(t0))
 	}
+}
+
+// linger waits, after a batch of sent records came back, for the
+// application to refill the window when that batch had filled it: the
+// application was then blocked in AppendAsync, and the next batch would
+// otherwise leave with the one or two records it managed to queue, a
+// whole round trip for almost nothing, every other round trip. It waits
+// until half the freed slots are queued again, or a quarter of the last
+// round trip (at most 1 ms), whichever comes first.
+func (p *producer) linger(sent int, rtt time.Duration) {
+	w := cap(p.c.window)
+	p.mu.Lock()
+	q := len(p.queue)
+	want := min(q+sent/2, p.c.opts.maxBatch)
+	if q+sent < w || q >= want {
+		p.mu.Unlock()
+		return
+	}
+	p.want = want
+	select {
+	case <-p.grown: // a stale signal
+	default:
+	}
+	p.mu.Unlock()
+	t := time.NewTimer(min(max(rtt/4, 50*time.Microsecond), time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-p.grown:
+	case <-t.C:
+	case <-p.c.ctx.Done():
+	}
+	p.mu.Lock()
+	p.want = 0
+	p.mu.Unlock()
 }
 
 func (p *producer) send(batch []pending) {
