@@ -66,29 +66,12 @@ func TestExplain(t *testing.T) {
 func TestCLITailFollow(t *testing.T) {
 	n := startNode(t, "")
 	n.mustCLI("", "append", "orders", "a", "b", "c")
-	cmd := exec.Command(natlogBin, "tail", "orders", "-n", "2", "-f", "--raw")
-	cmd.Env = append(os.Environ(), "NATS_URL="+n.natsURL)
-	var out, errOut syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	cmd, out, errOut := startTail(t, n, "orders", "-n", "2", "-f", "--raw")
 	waitFor(t, 10*time.Second, "the last 2 records", func() bool { return out.String() == "b\nc\n" })
 	n.mustCLI("", "append", "orders", "d")
 	n.mustCLI("d2\nd3\n", "append", "orders")
 	waitFor(t, 10*time.Second, "the new records", func() bool { return out.String() == "b\nc\nd\nd2\nd3\n" })
-	cmd.Process.Signal(syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if code := exitCode(err); code != 0 {
-			t.Fatalf("exit %d after SIGINT; stderr %q", code, errOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("tail -f did not stop after SIGINT")
-	}
+	interruptTail(t, cmd, errOut)
 	if s := out.String(); s != "b\nc\nd\nd2\nd3\n" || strings.TrimSpace(errOut.String()) != "" {
 		t.Fatalf("stdout %q, stderr %q", s, errOut.String())
 	}
@@ -98,17 +81,31 @@ func TestCLITailFollow(t *testing.T) {
 // waits for a file, and prints its records from the first.
 func TestCLITailFollowWaitsForLog(t *testing.T) {
 	n := startNode(t, "")
-	cmd := exec.Command(natlogBin, "tail", "later", "-f", "--raw")
-	cmd.Env = append(os.Environ(), "NATS_URL="+n.natsURL)
-	var out, errOut syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	cmd, out, errOut := startTail(t, n, "later", "-f", "--raw")
 	waitFor(t, 10*time.Second, "the waiting notice", func() bool { return strings.Contains(errOut.String(), "does not exist yet") })
 	n.mustCLI("", "append", "later", "first", "second")
 	waitFor(t, 10*time.Second, "the records", func() bool { return out.String() == "first\nsecond\n" })
+	interruptTail(t, cmd, errOut)
+}
+
+// startTail starts "natlog tail ARGS" against n; it is killed at the end
+// of the test if still running.
+func startTail(t *testing.T, n *node, args ...string) (*exec.Cmd, *syncBuffer, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(natlogBin, append([]string{"tail"}, args...)...)
+	cmd.Env = append(os.Environ(), "NATS_URL="+n.natsURL)
+	out, errOut := &syncBuffer{}, &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return cmd, out, errOut
+}
+
+// interruptTail sends SIGINT to a following tail and checks that it exits 0.
+func interruptTail(t *testing.T, cmd *exec.Cmd, errOut *syncBuffer) {
+	t.Helper()
 	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

@@ -426,6 +426,19 @@ func (f *FSM) Log(name string) *logcore.Log {
 // holds its effects.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
+// StartedFrom tells the FSM that its state on disk covers the commands up
+// to index: the snapshot Raft started from without restoring it
+// (raft.Config.NoSnapshotRestoreOnStart; Raft replays only the entries
+// after it). AppliedIndex is raised to it.
+func (f *FSM) StartedFrom(index uint64) {
+	for {
+		cur := f.applied.Load()
+		if cur >= index || f.applied.CompareAndSwap(cur, index) {
+			return
+		}
+	}
+}
+
 // Created returns when the named log was created (Unix nanoseconds; 0 if
 // not known: logs created before this was kept), and whether it exists.
 func (f *FSM) Created(name string) (int64, bool) {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -41,6 +42,11 @@ type clusterNode struct {
 	raft   *raft.Raft
 	fsm    *raftfsm.FSM
 	logs   *raftfsm.LogStore
+	// raftLogs is the cache in front of logs that Raft uses.
+	raftLogs raft.LogStore
+	// covered: every command up to this Raft index is applied to the
+	// FSM (linearizable reads on followers; see fsmCovers).
+	covered atomic.Uint64
 	stable *raftfsm.StableStore
 	trans  *raft.NetworkTransport
 
@@ -146,6 +152,15 @@ func (s *Server) startCluster() (err error) {
 	cache, err := raft.NewLogCache(512, n.logs)
 	if err != nil {
 		return err
+	}
+	n.raftLogs = cache
+	// The FSM's state on disk covers the newest snapshot, which Raft
+	// does not restore (NoSnapshotRestoreOnStart): linearizable reads
+	// compare the FSM's applied index with the leader's.
+	if metas, err := snaps.List(); err != nil {
+		return fmt.Errorf("raft snapshots: %w", err)
+	} else if len(metas) > 0 {
+		n.fsm.StartedFrom(metas[0].Index)
 	}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, n.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)

@@ -391,7 +391,7 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	if _, err := fmt.Sscan(string(m.Data), &idx); err != nil {
 		return protocol.Errorf(protocol.ErrUnavailable, "leader: %s", m.Data)
 	}
-	for n.fsm.AppliedIndex() < idx {
+	for n.raft.AppliedIndex() < idx || !n.fsmCovers(idx) {
 		select {
 		case <-ctx.Done():
 			return protocol.Errorf(protocol.ErrUnavailable, "this replica has not applied index %d yet; retry", idx)
@@ -401,11 +401,40 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	return nil
 }
 
+// fsmCovers reports whether the FSM has applied every command up to idx,
+// once Raft has handed it every entry up to idx (raft.AppliedIndex() >= idx:
+// Raft raises its applied index when it hands entries over, before the
+// FSM applies them). Entries that are not commands (barriers, no-ops,
+// configurations) never reach the FSM, so the FSM's own applied index
+// may stay below idx: the newest command at or below idx decides. It is
+// found in the Raft log; entries compacted away are covered by the
+// snapshot the FSM holds.
+func (n *clusterNode) fsmCovers(idx uint64) bool {
+	covered := n.covered.Load()
+	if covered >= idx {
+		return true
+	}
+	floor := max(n.fsm.AppliedIndex(), covered)
+	for i := idx; i > floor; i-- {
+		var l raft.Log
+		err := n.raftLogs.GetLog(i, &l)
+		switch {
+		case errors.Is(err, raft.ErrLogNotFound):
+			// Compacted: below the snapshot, which the FSM covers.
+		case err != nil:
+			return false // unreadable: do not guess; the read times out
+		case l.Type == raft.LogCommand:
+			return false // a command the FSM has not applied yet
+		}
+	}
+	for cur := n.covered.Load(); cur < idx && !n.covered.CompareAndSwap(cur, idx); cur = n.covered.Load() {
+	}
+	return true
+}
+
 // onCommitIndex serves <prefix>._cluster.<name>.commit on the leader: a
-// barrier (answered once the FSM has applied every entry before it), then
-// the FSM's applied index, which covers everything committed before the
-// request. (raft's own AppliedIndex is raised before the FSM applies: a
-// follower waiting on it could read before the records are there.)
+// barrier, then the applied index (which covers everything committed
+// before the request).
 func (n *clusterNode) onCommitIndex(m *nats.Msg) {
 	go func() {
 		if n.raft.State() != raft.Leader {
@@ -416,7 +445,7 @@ func (n *clusterNode) onCommitIndex(m *nats.Msg) {
 			m.Respond([]byte(err.Error()))
 			return
 		}
-		m.Respond(fmt.Appendf(nil, "%d", n.fsm.AppliedIndex()))
+		m.Respond(fmt.Appendf(nil, "%d", n.raft.AppliedIndex()))
 	}()
 }
 
