@@ -35,20 +35,20 @@ import (
 // reconciliation) exits when stop is closed; the applier's rounds exit when
 // their Raft entry is decided. close waits for run.
 type clusterNode struct {
-	s      *Server
-	cfg    ClusterConfig
-	id     string
-	rnc    *nats.Conn
-	raft   *raft.Raft
-	fsm    *raftfsm.FSM
-	logs   *raftfsm.LogStore
+	s    *Server
+	cfg  ClusterConfig
+	id   string
+	rnc  *nats.Conn
+	raft *raft.Raft
+	fsm  *raftfsm.FSM
+	logs *raftfsm.LogStore
 	// raftLogs is the cache in front of logs that Raft uses.
 	raftLogs raft.LogStore
 	// covered: every command up to this Raft index is applied to the
 	// FSM (linearizable reads on followers; see fsmCovers).
 	covered atomic.Uint64
-	stable *raftfsm.StableStore
-	trans  *raft.NetworkTransport
+	stable  *raftfsm.StableStore
+	trans   *raft.NetworkTransport
 
 	announceSubject string
 	leaveSubject    string
