@@ -45,8 +45,10 @@ type ClusterConfig struct {
 	CommitTimeout      time.Duration
 	// ApplyTimeout bounds how long an append waits to enter Raft.
 	ApplyTimeout time.Duration
-	// SnapshotThreshold and TrailingLogs: see raft.Config. Snapshots of
-	// the FSM hard-link sealed segments, so taking one is cheap; keep
+	// SnapshotThreshold and TrailingLogs: see raft.Config. A snapshot of
+	// the FSM copies every log's records into Raft's snapshot store (its
+	// cost grows with the data kept; referencing sealed segments by hard
+	// link is not done yet), so keep the threshold large; keep
 	// TrailingLogs large enough that a briefly absent follower catches up
 	// from the log rather than by snapshot.
 	SnapshotThreshold uint64
