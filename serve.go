@@ -37,6 +37,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.NATSUser, "nats-user", "", "user for the node's NATS connection")
 	fs.StringVar(&cfg.NATSPassword, "nats-password", "", "password for the node's NATS connection")
 	fs.StringVar(&cfg.NATSToken, "nats-token", "", "token for the node's NATS connection")
+	leafRemotes := fs.String("leaf-remote", "", "make the embedded nats-server a leaf node of an existing NATS system at these leafnode URLs\n(comma-separated, e.g. nats-leaf://hub:7422): applications next to this node connect to it and reach the\nwhole system through it (sidecar mode; credentials and TLS for the remote go in --nats-config)")
 	fs.BoolVar(&cfg.NATSLog, "nats-log", false, "log the embedded nats-server's notices (its warnings and errors are always logged)")
 	httpListen := fs.String("http-listen", cfg.HTTPListen, `host:port of the HTTP endpoint (health, metrics, JSON gateway); "off" disables it`)
 	fsync := fs.String("fsync", "always", "when appends are fsynced: always (before each acknowledgement; durable),\ninterval (every --fsync-interval; UNSAFE: a crash loses up to one interval of acknowledged records),\nnever (left to the OS; UNSAFE)")
@@ -50,6 +51,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.DedupWindow, "dedup-window", cfg.DedupWindow, "how long Natlog-Msg-Id values are remembered (0 disables deduplication)")
 	fs.StringVar(&cfg.Cluster.Name, "cluster", "", "run as a member of the replicated cluster of this name (Raft over NATS; nodes with the same\n--prefix and --cluster on one NATS system find each other); empty: a standalone node")
 	fs.IntVar(&cfg.Cluster.BootstrapExpect, "bootstrap-expect", 0, "with --cluster: fresh nodes wait until this many see each other, then the lowest id bootstraps\nthe cluster with all of them as voters (0: never bootstrap, wait to be added; a node with Raft state never bootstraps)")
+	fs.BoolVar(&cfg.Cluster.ReadReplica, "read-replica", false, "with --cluster: join as a non-voting read replica and never become a voter (a sidecar next to an\napplication); the voters bootstrap the cluster and the leader adds this node")
 	fs.IntVar(&cfg.Cluster.Voters, "voters", cfg.Cluster.Voters, "with --cluster: voters the leader keeps; nodes beyond join as non-voting read replicas")
 	raftTimeout := fs.Duration("raft-timeout", cfg.Cluster.HeartbeatTimeout, "with --cluster: Raft heartbeat and election timeout (leader lease: half of it); short values suit one host")
 	fs.DurationVar(&cfg.Cluster.DeadNodeTimeout, "dead-node-timeout", 0, "with --cluster: the leader removes a member unheard of for this long (0: never; use natlog cluster remove)")
@@ -86,6 +88,13 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	cfg.HTTPListen = *httpListen
 	if cfg.HTTPListen == "off" {
 		cfg.HTTPListen = ""
+	}
+	if *leafRemotes != "" {
+		for _, u := range strings.Split(*leafRemotes, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				cfg.NATSLeafRemotes = append(cfg.NATSLeafRemotes, u)
+			}
+		}
 	}
 	if cfg.NATSURL != "" {
 		if flagSet(fs, "nats-listen") {

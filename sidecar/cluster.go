@@ -47,8 +47,10 @@ type clusterNode struct {
 	// covered: every command up to this Raft index is applied to the
 	// FSM (linearizable reads on followers; see fsmCovers).
 	covered atomic.Uint64
-	stable  *raftfsm.StableStore
-	trans   *raft.NetworkTransport
+	// reconciles counts the leader's membership passes (for tests).
+	reconciles atomic.Uint64
+	stable     *raftfsm.StableStore
+	trans      *raft.NetworkTransport
 
 	announceSubject string
 	leaveSubject    string
@@ -75,7 +77,9 @@ type announcement struct {
 	Leaving  bool   `json:"leaving,omitempty"`
 	Host     string `json:"host,omitempty"`
 	Reads    uint64 `json:"reads,omitempty"` // read requests it answered
-	at       time.Time
+	// ReadReplica: it joins as a non-voter only, never promoted.
+	ReadReplica bool `json:"read_replica,omitempty"`
+	at          time.Time
 }
 
 // startCluster opens the FSM and the Raft stores and starts Raft.
@@ -215,7 +219,7 @@ func (n *clusterNode) announce() {
 	leaving := n.leaving
 	n.mu.Unlock()
 	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving,
-		Host: hostname, Reads: n.s.reads.Load()}
+		Host: hostname, Reads: n.s.reads.Load(), ReadReplica: n.cfg.ReadReplica}
 	b, _ := json.Marshal(a)
 	if err := n.rnc.Publish(n.announceSubject, b); err != nil {
 		n.s.logger.Debug("natlog: announce", "err", err)
@@ -262,7 +266,7 @@ func (n *clusterNode) recent() map[string]announcement {
 // bootstrapping is no longer this node's business: it bootstrapped, it
 // has Raft state, or it saw a node with state.
 func (n *clusterNode) tryBootstrap() bool {
-	if n.hasState() {
+	if n.hasState() || n.cfg.ReadReplica {
 		return true
 	}
 	var fresh []string
@@ -270,7 +274,9 @@ func (n *clusterNode) tryBootstrap() bool {
 		if a.HasState {
 			return true // a cluster exists: its leader will add us
 		}
-		fresh = append(fresh, id)
+		if !a.ReadReplica { // read replicas are added later, as non-voters
+			fresh = append(fresh, id)
+		}
 	}
 	if !slices.Contains(fresh, n.id) || len(fresh) < n.cfg.BootstrapExpect {
 		return false
@@ -318,9 +324,11 @@ func (n *clusterNode) syncLeadership() {
 }
 
 // reconcile adds announced nodes that are not members: voters up to
-// Voters, non-voters beyond; it promotes non-voters while voters are
-// missing.
+// Voters, non-voters beyond (and always for nodes that announce
+// themselves as read replicas); it promotes non-voters, other than
+// read replicas, while voters are missing.
 func (n *clusterNode) reconcile() {
+	defer n.reconciles.Add(1)
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
@@ -348,12 +356,16 @@ func (n *clusterNode) reconcile() {
 		}
 		suf, member := members[id]
 		var fut raft.IndexFuture
+		asVoter := false
 		switch {
-		case member && (suf == raft.Voter || voters >= n.cfg.Voters):
+		case member && (suf == raft.Voter || voters >= n.cfg.Voters || rec[id].ReadReplica):
 			continue
+		case rec[id].ReadReplica:
+			fut = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
 		case voters < n.cfg.Voters:
 			fut = n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
 			voters++
+			asVoter = true
 		default:
 			fut = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
 		}
@@ -361,7 +373,11 @@ func (n *clusterNode) reconcile() {
 			n.s.logger.Warn("natlog: adding a member", "node", id, "err", err)
 			return
 		}
-		n.s.logger.Info("natlog: added a member", "node", id, "voter", voters <= n.cfg.Voters && !member || suf == raft.Nonvoter)
+		if member {
+			n.s.logger.Info("natlog: promoted a read replica to voter", "node", id)
+		} else {
+			n.s.logger.Info("natlog: added a member", "node", id, "voter", asVoter)
+		}
 	}
 }
 

@@ -24,6 +24,11 @@ type ClusterConfig struct {
 	// Voters is how many voters the leader keeps; announced nodes beyond
 	// it join as non-voting read replicas.
 	Voters int
+	// ReadReplica makes the node a non-voting read replica for good: the
+	// leader adds it as a non-voter and never promotes it, and it never
+	// bootstraps (a sidecar next to an application, which may come and
+	// go with it, must not count toward the quorum).
+	ReadReplica bool
 
 	// AnnounceInterval is how often a node announces itself and the
 	// leader reconciles the membership. A node unheard of for
@@ -115,6 +120,9 @@ func (c ClusterConfig) Validate() error {
 	}
 	if c.BootstrapExpect < 0 {
 		bad("negative bootstrap-expect")
+	}
+	if c.ReadReplica && c.BootstrapExpect > 0 {
+		bad("a read replica never bootstraps: drop --bootstrap-expect (the voters bootstrap; the leader adds it)")
 	}
 	if c.Voters < 1 {
 		bad("voters must be at least 1")

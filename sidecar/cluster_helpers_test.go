@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,19 +23,28 @@ import (
 // testCluster is natlog nodes in one process on one embedded nats-server,
 // each connected to it by URL as separate processes would be.
 type testCluster struct {
-	t     testing.TB
-	url   string
-	base  string
-	mu    sync.Mutex
-	nodes map[string]*Server
-	cfgs  map[string]Config
+	t       testing.TB
+	url     string
+	leafURL string // the server's leaf node listener
+	base    string
+	mu      sync.Mutex
+	nodes   map[string]*Server
+	cfgs    map[string]Config
 	// tweak, if set, adjusts each new node's configuration.
 	tweak func(*Config)
 }
 
 func newTestCluster(t testing.TB) *testCluster {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	// It also takes leaf node connections (sidecar mode).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		LeafNode: server.LeafNodeOpts{Host: "127.0.0.1", Port: leafPort}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +54,8 @@ func newTestCluster(t testing.TB) *testCluster {
 	}
 	// The nodes' data dirs live under base, made before the cleanup
 	// below is registered, so that the nodes stop before it is removed.
-	tc := &testCluster{t: t, url: ns.ClientURL(), base: t.TempDir(), nodes: map[string]*Server{}, cfgs: map[string]Config{}}
+	tc := &testCluster{t: t, url: ns.ClientURL(), leafURL: fmt.Sprintf("nats-leaf://127.0.0.1:%d", leafPort),
+		base: t.TempDir(), nodes: map[string]*Server{}, cfgs: map[string]Config{}}
 	t.Cleanup(func() {
 		for _, id := range tc.ids() {
 			tc.stop(id)

@@ -480,3 +480,98 @@ func TestClusterLinearizableReadsAfterRestart(t *testing.T) {
 		check(id)
 	}
 }
+
+// Sidecar mode: a node whose embedded nats-server is a leaf node of the
+// cluster's NATS system, started as a read replica. An application
+// connected to that embedded server appends (through the leaf connection
+// to the leader) and reads (from the sidecar itself: NATS prefers the
+// local member of the read queue group); the sidecar joins as a non-voter
+// and is not promoted when a voter goes, a new node is.
+func TestClusterSidecarLeafNode(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	leader := tc.leader()
+
+	cfg := testConfig(t)
+	cfg.NodeID = "s1"
+	cfg.HTTPListen = ""
+	cfg.NATSLeafRemotes = []string{tc.leafURL}
+	cfg.Cluster = FastClusterConfig()
+	cfg.Cluster.Name = "test"
+	cfg.Cluster.ReadReplica = true
+	cfg.Cluster.RaftLogLevel = "off"
+	side, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.mu.Lock()
+	tc.nodes["s1"], tc.cfgs["s1"] = side, cfg
+	tc.mu.Unlock()
+	if side.NATSURL() == tc.url {
+		t.Fatal("the sidecar does not run its own nats-server")
+	}
+	peer := func(id string) (protocol.Peer, bool) {
+		for _, p := range tc.node(tc.leader()).cluster.status().Peers {
+			if p.ID == id {
+				return p, true
+			}
+		}
+		return protocol.Peer{}, false
+	}
+	eventually(t, 20*time.Second, "the sidecar to join as a non-voter", func() bool {
+		p, ok := peer("s1")
+		return ok && !p.Voter
+	})
+
+	// The application talks to its sidecar's embedded server only.
+	app, err := nats.Connect(side.NATSURL(), nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	var r protocol.AppendReply
+	eventually(t, 20*time.Second, "an append through the sidecar", func() bool {
+		m, err := app.Request("natlog.append.orders", []byte("from the app"), 2*time.Second)
+		return err == nil && json.Unmarshal(m.Data, &r) == nil && m.Header.Get("Status") == ""
+	})
+	before := side.reads.Load()
+	eventually(t, 20*time.Second, "the sidecar to hold the record", func() bool {
+		m, err := app.Request("natlog.read.orders", []byte(strconv.FormatUint(r.Offset, 10)), 2*time.Second)
+		return err == nil && m.Header.Get("Status") == "" && string(m.Data) == "from the app"
+	})
+	for range 10 {
+		m := request(t, app, "natlog.read.orders", []byte(strconv.FormatUint(r.Offset, 10)), nil)
+		wantOK(t, m)
+	}
+	if got := side.reads.Load() - before; got < 10 {
+		t.Errorf("the sidecar answered %d of its application's reads, want them all (10 or more)", got)
+	}
+
+	// A voter goes: a new node becomes a voter, the sidecar stays a
+	// read replica.
+	gone := "n3"
+	if gone == leader {
+		gone = "n2"
+	}
+	tc.stop(gone)
+	if err := tc.node(leader).cluster.removeMember(gone, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Two membership passes with a voter missing and the sidecar there.
+	l := tc.node(tc.leader()).cluster
+	passes := l.reconciles.Load()
+	eventually(t, 20*time.Second, "two membership passes", func() bool { return l.reconciles.Load() >= passes+2 })
+	if p, _ := peer("s1"); p.Voter {
+		t.Fatalf("the read replica was promoted: %+v", p)
+	}
+	tc.start("n4", 0)
+	eventually(t, 20*time.Second, "n4 to become a voter", func() bool {
+		p, ok := peer("n4")
+		return ok && p.Voter
+	})
+	if p, _ := peer("s1"); p.Voter {
+		t.Fatalf("the read replica was promoted: %+v", p)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"time"
 
 	"github.com/natlog/natlog/logcore"
@@ -34,6 +35,13 @@ type Config struct {
 	// server (TLS, accounts, leaf nodes, ...). Its listen address, if it
 	// has one, wins over NATSListen.
 	NATSConfigFile string
+	// NATSLeafRemotes, if set, makes the embedded nats-server a leaf node
+	// of an existing NATS system (its leafnode URLs, e.g.
+	// nats-leaf://hub:7422): applications next to the node connect to the
+	// embedded server and reach the whole system through it, and the
+	// node reaches its cluster the same way (sidecar mode). Credentials
+	// and TLS for the remote go in NATSConfigFile's leafnodes section.
+	NATSLeafRemotes []string
 	// NATSCredsFile, NATSUser and NATSPassword, or NATSToken authenticate
 	// the node's own NATS connection (to NATSURL, or to an embedded server
 	// whose configuration file requires it).
@@ -135,6 +143,14 @@ func (c Config) Validate() error {
 	}
 	if c.NATSURL != "" && (c.NATSConfigFile != "") {
 		bad("--nats-url connects to an existing NATS server; --nats-config configures the embedded one: give one of them")
+	}
+	if c.NATSURL != "" && len(c.NATSLeafRemotes) > 0 {
+		bad("--leaf-remote makes the embedded nats-server a leaf node; with --nats-url there is none")
+	}
+	for _, u := range c.NATSLeafRemotes {
+		if pu, err := url.Parse(u); err != nil || pu.Host == "" {
+			bad("bad leaf remote URL %q: want e.g. nats-leaf://hub:7422", u)
+		}
 	}
 	if c.NATSURL == "" && c.NATSConfigFile == "" {
 		if _, _, err := net.SplitHostPort(c.NATSListen); err != nil {

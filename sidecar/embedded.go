@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -39,6 +40,17 @@ func startEmbedded(cfg Config, nodeID string, logger *slog.Logger) (*server.Serv
 	}
 	if opts.ServerName == "" {
 		opts.ServerName = "natlog-" + nodeID
+	}
+	if len(cfg.NATSLeafRemotes) > 0 {
+		var urls []*url.URL
+		for _, u := range cfg.NATSLeafRemotes {
+			pu, err := url.Parse(u)
+			if err != nil {
+				return nil, fmt.Errorf("leaf remote %q: %w", u, err)
+			}
+			urls = append(urls, pu)
+		}
+		opts.LeafNode.Remotes = append(opts.LeafNode.Remotes, &server.RemoteLeafOpts{URLs: urls})
 	}
 	opts.NoSigs = true // the natlog process handles signals
 	ns, err := server.NewServer(opts)
