@@ -154,7 +154,8 @@ func TestServeFlags(t *testing.T) {
 		t.Fatalf("serve --help: exit %d", code)
 	}
 	for _, f := range []string{"--data-dir", "--node-id", "--nats-listen", "--nats-url", "--nats-config", "--http-listen", "--prefix",
-		"--fsync", "--segment-bytes", "--retention-bytes", "--retention-age", "--retention-segments", "NATLOG_DATA_DIR", "NATLOG_FSYNC"} {
+		"--fsync", "--segment-bytes", "--retention-bytes", "--retention-age", "--retention-segments", "--leaf-remote", "--read-replica",
+		"--pprof-listen", "NATLOG_DATA_DIR", "NATLOG_FSYNC"} {
 		if !strings.Contains(out+errOut, f) {
 			t.Errorf("serve --help does not explain %s", f)
 		}
@@ -165,6 +166,9 @@ func TestServeFlags(t *testing.T) {
 		{"serve", "--nats-url", "nats://x:4222", "--nats-config", "f.conf"},
 		{"serve", "extra"},
 		{"serve", "--nats-url", "nats://x:4222", "--nats-listen", "127.0.0.1:4333"},
+		{"serve", "--nats-url", "nats://x:4222", "--leaf-remote", "nats-leaf://hub:7422"},
+		{"serve", "--leaf-remote", "::bad"},
+		{"serve", "--cluster", "c", "--read-replica", "--bootstrap-expect", "3"},
 	} {
 		_, errOut, code := runCLI(t, "", "", bad...)
 		if code != 2 || !strings.Contains(errOut, "natlog serve:") {
