@@ -49,6 +49,7 @@ type clusterNode struct {
 	covered atomic.Uint64
 	// reconciles counts the leader's membership passes (for tests).
 	reconciles atomic.Uint64
+	metrics    *clusterMetrics
 	stable     *raftfsm.StableStore
 	trans      *raft.NetworkTransport
 
@@ -88,6 +89,7 @@ func (s *Server) startCluster() (err error) {
 	n := &clusterNode{s: s, cfg: cfg, id: s.nodeID, seen: map[string]announcement{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	n.applier.n = n
+	n.metrics = s.metrics.registerCluster(n)
 	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
 	n.leaveSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".leave"
 	s.cluster = n
@@ -311,6 +313,7 @@ func (n *clusterNode) syncLeadership() {
 			sub.Unsubscribe()
 		}
 		n.leaderSubs = nil
+		n.metrics.leadership.Inc()
 		n.s.logger.Info("natlog: lost leadership; appends go to the new leader")
 		return
 	}
@@ -320,6 +323,7 @@ func (n *clusterNode) syncLeadership() {
 		return
 	}
 	n.leaderSubs = subs
+	n.metrics.leadership.Inc()
 	n.s.logger.Info("natlog: leading the cluster", "term", n.raft.Stats()["term"])
 }
 

@@ -132,10 +132,15 @@ func (a *applier) apply(batch []*proposal) {
 		fail(err)
 		return
 	}
+	start := time.Now()
 	f := a.n.raft.Apply(data, a.n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
 		fail(err)
 		return
+	}
+	if m := a.n.metrics; m != nil {
+		m.apply.Observe(time.Since(start).Seconds())
+		m.entryOps.Observe(float64(len(batch)))
 	}
 	results, ok := f.Response().([]raftfsm.Result)
 	if !ok || len(results) != len(cmd.Ops) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -93,6 +94,34 @@ func TestClusterElectsReplicatesAndReads(t *testing.T) {
 			t.Fatalf("%s: created %d, another node says %d", id, li.Created, created)
 		}
 		created = li.Created
+	}
+
+	// Raft and the replicated logs in each node's metrics.
+	want = append(want, "ryw")
+	tc.converged("orders", want)
+	for _, id := range tc.ids() {
+		m := gatherMetrics(t, tc.node(id))
+		isLeader := 0.0
+		if id == leader {
+			isLeader = 1
+		}
+		checks := map[string]float64{
+			`natlog_raft_state{state="leader"}`: isLeader,
+			`natlog_raft_members{role="voter"}`: 3,
+			`natlog_log_records{log="orders"}`:  float64(len(want)),
+			`natlog_logs`:                       1,
+		}
+		for k, v := range checks {
+			if got, ok := m[k]; !ok || got != v {
+				t.Errorf("%s: metric %s = %v (present %v), want %v", id, k, got, ok, v)
+			}
+		}
+		if m["natlog_raft_commit_index"] == 0 || m["natlog_raft_fsm_applied_index"] == 0 || m["natlog_raft_term"] == 0 {
+			t.Errorf("%s: raft indexes missing from the metrics", id)
+		}
+		if id == leader && (m["natlog_raft_apply_duration_seconds_count"] == 0 || m["natlog_raft_leadership_changes_total"] < 1) {
+			t.Errorf("leader %s: no apply latency or leadership change in the metrics", id)
+		}
 	}
 
 	// Create and delete go through Raft too.
@@ -574,4 +603,36 @@ func TestClusterSidecarLeafNode(t *testing.T) {
 	if p, _ := peer("s1"); p.Voter {
 		t.Fatalf("the read replica was promoted: %+v", p)
 	}
+}
+
+// gatherMetrics flattens a node's metrics: name{labels} -> value, and
+// name_count for histograms.
+func gatherMetrics(t *testing.T, s *Server) map[string]float64 {
+	t.Helper()
+	mfs, err := s.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			if len(m.GetLabel()) > 0 {
+				var ls []string
+				for _, l := range m.GetLabel() {
+					ls = append(ls, l.GetName()+"=\""+l.GetValue()+"\"")
+				}
+				key += "{" + strings.Join(ls, ",") + "}"
+			}
+			switch {
+			case m.GetGauge() != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.GetHistogram() != nil:
+				out[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
 }

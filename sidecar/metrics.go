@@ -1,8 +1,10 @@
 package sidecar
 
 import (
+	"strconv"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -164,5 +166,117 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLogRecords, prometheus.GaugeValue, float64(in.Records), e.name)
 		ch <- prometheus.MustNewConstMetric(descLogNext, prometheus.GaugeValue, float64(in.NextOffset), e.name)
 		ch <- prometheus.MustNewConstMetric(descLogLowest, prometheus.GaugeValue, float64(in.LowestOffset), e.name)
+	}
+}
+
+// clusterMetrics are the Raft figures of a cluster node: its entries'
+// apply latency and size, its leadership changes, and (clusterCollector)
+// its Raft state, indexes, members and the replicated logs.
+type clusterMetrics struct {
+	apply      prometheus.Histogram
+	entryOps   prometheus.Histogram
+	leadership prometheus.Counter
+}
+
+func (m *metrics) registerCluster(n *clusterNode) *clusterMetrics {
+	cm := &clusterMetrics{
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "natlog_raft_apply_duration_seconds",
+			Help:    "Time from handing an entry to Raft until it is committed and applied on the leader.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16), // 100µs .. 3.3s
+		}),
+		entryOps: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "natlog_raft_entry_requests",
+			Help:    "Client requests carried by one Raft entry (the leader batches those that arrive while entries are in flight).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12), // 1 .. 2048
+		}),
+		leadership: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natlog_raft_leadership_changes_total",
+			Help: "Times this node became or stopped being the leader.",
+		}),
+	}
+	m.reg.MustRegister(cm.apply, cm.entryOps, cm.leadership, &clusterCollector{n: n})
+	return cm
+}
+
+// clusterCollector reports a cluster node's Raft state and its replicated
+// logs at scrape time.
+type clusterCollector struct {
+	n *clusterNode
+}
+
+var (
+	descRaftState       = prometheus.NewDesc("natlog_raft_state", "1 for the node's current Raft state.", []string{"state"}, nil)
+	descRaftTerm        = prometheus.NewDesc("natlog_raft_term", "The node's current Raft term.", nil, nil)
+	descRaftCommit      = prometheus.NewDesc("natlog_raft_commit_index", "The highest Raft index the node knows to be committed.", nil, nil)
+	descRaftApplied     = prometheus.NewDesc("natlog_raft_applied_index", "The highest Raft index handed to the FSM (raft's AppliedIndex).", nil, nil)
+	descRaftFSMApplied  = prometheus.NewDesc("natlog_raft_fsm_applied_index", "The Raft index of the last command the FSM applied (or of the snapshot it started from).", nil, nil)
+	descRaftLastIndex   = prometheus.NewDesc("natlog_raft_last_log_index", "The last index in the node's Raft log.", nil, nil)
+	descRaftLastContact = prometheus.NewDesc("natlog_raft_last_contact_seconds", "Seconds since this follower last heard from the leader (absent on the leader and before the first contact).", nil, nil)
+	descRaftMembers     = prometheus.NewDesc("natlog_raft_members", "Members of the Raft configuration, by role.", []string{"role"}, nil)
+)
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftFSMApplied,
+		descRaftLastIndex, descRaftLastContact, descRaftMembers,
+		descLogBytes, descLogSegments, descLogRecords, descLogNext, descLogLowest, descLogs} {
+		ch <- d
+	}
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	if n.raft == nil {
+		return
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	state := n.raft.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		gauge(descRaftState, v, stateName(s))
+	}
+	st := n.raft.Stats()
+	u := func(k string) float64 { v, _ := strconv.ParseUint(st[k], 10, 64); return float64(v) }
+	gauge(descRaftTerm, u("term"))
+	gauge(descRaftCommit, u("commit_index"))
+	gauge(descRaftApplied, float64(n.raft.AppliedIndex()))
+	gauge(descRaftFSMApplied, float64(n.fsm.AppliedIndex()))
+	gauge(descRaftLastIndex, float64(n.raft.LastIndex()))
+	if t := n.raft.LastContact(); state != raft.Leader && !t.IsZero() {
+		gauge(descRaftLastContact, time.Since(t).Seconds())
+	}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		voters, nonvoters := 0, 0
+		for _, srv := range f.Configuration().Servers {
+			if srv.Suffrage == raft.Voter {
+				voters++
+			} else {
+				nonvoters++
+			}
+		}
+		gauge(descRaftMembers, float64(voters), "voter")
+		gauge(descRaftMembers, float64(nonvoters), "nonvoter")
+	}
+	names := n.fsm.Logs()
+	gauge(descLogs, float64(len(names)))
+	for _, name := range names {
+		l := n.fsm.Log(name)
+		if l == nil {
+			continue
+		}
+		in, err := l.Info()
+		if err != nil {
+			continue // deleted or closed since Logs
+		}
+		gauge(descLogBytes, float64(in.Bytes), name)
+		gauge(descLogSegments, float64(in.Segments), name)
+		gauge(descLogRecords, float64(in.Records), name)
+		gauge(descLogNext, float64(in.NextOffset), name)
+		gauge(descLogLowest, float64(in.LowestOffset), name)
 	}
 }
