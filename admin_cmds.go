@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/natlog/natlog/sidecar"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -256,8 +258,11 @@ func runDelete(args []string, stdout, stderr io.Writer) error {
 
 // runCluster runs the cluster administration subcommands.
 func runCluster(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "recover" {
+		return runClusterRecover(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "remove" {
-		return fmt.Errorf("%w: want natlog cluster remove NODE", errUsage)
+		return fmt.Errorf("%w: want natlog cluster remove NODE, or natlog cluster recover --data-dir DIR", errUsage)
 	}
 	var c cliConn
 	fs := newFlagSet("cluster remove", "NODE   (remove a member that will not come back; a running node rejoins: stop it first)", stderr)
@@ -279,5 +284,55 @@ func runCluster(args []string, stdout, stderr io.Writer) error {
 		return printJSON(stdout, map[string]string{"removed": pos[0]})
 	}
 	fmt.Fprintf(stdout, "removed %s from the cluster\n", pos[0])
+	return nil
+}
+
+// runClusterRecover is "natlog cluster recover": the offline last resort
+// after the loss of a majority of the voters (sidecar.RecoverCluster).
+func runClusterRecover(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cluster recover", "--data-dir DIR [--voters ID,...] --yes   (offline: the node must be stopped)", stderr)
+	cfg := sidecar.DefaultConfig()
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data dir of the stopped node to recover")
+	fs.StringVar(&cfg.NodeID, "node-id", "", "the node's id (default: the one kept in the data dir)")
+	voters := fs.String("voters", "", "node ids of the new cluster's voters, comma-separated, this node among them (default: this node alone)")
+	yes := fs.Bool("yes", false, "do it: without it, only say what would be done")
+	jsonOut := fs.Bool("json", false, "print the result as JSON")
+	pos, err := parseFlags(fs, args, nil)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, pos)
+	}
+	var ids []string
+	for _, id := range strings.Split(*voters, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if !*yes {
+		who := "this node alone"
+		if len(ids) > 0 {
+			who = strings.Join(ids, ", ")
+		}
+		fmt.Fprintf(stdout, "natlog cluster recover would make the node in %s a cluster of %s.\n"+
+			"Use it only when a majority of the voters is lost for good. The node's state becomes the truth:\n"+
+			"appends the old cluster never acknowledged but this node holds may appear, and what the lost voters\n"+
+			"had that this node never received is gone; recover the member with the highest applied index.\n"+
+			"Do not restart the lost voters with their old data: wipe them and let them join.\n"+
+			"Run again with --yes to do it.\n", cfg.DataDir, who)
+		return nil
+	}
+	res, err := sidecar.RecoverCluster(cfg, ids)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(stdout, res)
+	}
+	fmt.Fprintf(stdout, "recovered node %s: voters %s, state up to Raft index %d, logs %s\n"+
+		"start it as before (natlog serve --cluster ... --data-dir %s); it will lead once the voters named are up\n",
+		res.NodeID, strings.Join(res.Voters, ","), res.LastIndex, strings.Join(res.Logs, " "), cfg.DataDir)
 	return nil
 }

@@ -409,13 +409,15 @@ func TestStreamConcurrentConnections(t *testing.T) {
 	}
 }
 
-// A peer whose NATS connection dies sends no fin; the keepalive idle check
-// ends the Read that raft's accepting side blocks in without a deadline.
+// A peer whose NATS connection dies sends no fin, but its subscriptions go
+// with it: the next frame to it (a keepalive ping, at the latest) comes back
+// as NATS "no responders", and the Read that raft's accepting side blocks
+// in without a deadline ends with ErrConnReset, before the idle timeout.
 func TestStreamPeerDeathEndsBlockedRead(t *testing.T) {
 	ns := startStreamNATS(t, 0)
 	cfg := streamTestConfig("a")
 	cfg.KeepaliveInterval = 50 * time.Millisecond
-	cfg.IdleTimeout = 400 * time.Millisecond
+	cfg.IdleTimeout = 5 * time.Second
 	a, ncA := startStreamLayer(t, ns, cfg)
 	cfg.NodeID = "b"
 	b, _ := startStreamLayer(t, ns, cfg)
@@ -427,6 +429,47 @@ func TestStreamPeerDeathEndsBlockedRead(t *testing.T) {
 	ncA.Close() // a's process "dies": no fin, no more pings
 
 	r := awaitStreamRead(t, onB, 10*time.Second)
+	if !errors.Is(r.err, ErrConnReset) {
+		t.Fatalf("b's Read = %v, want ErrConnReset (no responders)", r.err)
+	}
+	if took := r.at.Sub(start); took >= cfg.IdleTimeout {
+		t.Fatalf("b noticed after %s, not before the idle timeout of %s", took, cfg.IdleTimeout)
+	}
+	if r := awaitStreamRead(t, onA, 10*time.Second); !errors.Is(r.err, ErrNATSClosed) {
+		t.Fatalf("a's Read = %v, want ErrNATSClosed", r.err)
+	}
+	if _, err := a.Dial("b", time.Second); !errors.Is(err, ErrNodeUnreachable) {
+		t.Fatalf("Dial on a closed NATS connection = %v, want ErrNodeUnreachable", err)
+	}
+}
+
+// A peer that stops answering while something still takes its frames (a
+// half-open connection the NATS server has not noticed yet) is caught by
+// the keepalive idle check: the blocked Read ends with ErrPeerSilent.
+func TestStreamPeerSilentEndsBlockedRead(t *testing.T) {
+	ns := startStreamNATS(t, 0)
+	cfg := streamTestConfig("a")
+	cfg.KeepaliveInterval = 50 * time.Millisecond
+	cfg.IdleTimeout = 400 * time.Millisecond
+	a, ncA := startStreamLayer(t, ns, cfg)
+	cfg.NodeID = "b"
+	b, _ := startStreamLayer(t, ns, cfg)
+	dialed, accepted := dialStreamPair(t, a, b)
+
+	// A black hole on a's side of the connection: b's frames are taken
+	// and never answered.
+	hole := connectStreamNATS(t, ns)
+	if _, err := hole.Subscribe(dialed.inbox, func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hole.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	onB := readInBackground(accepted, 1)
+	start := time.Now()
+	ncA.Close()
+
+	r := awaitStreamRead(t, onB, 10*time.Second)
 	if !errors.Is(r.err, ErrPeerSilent) {
 		t.Fatalf("b's Read = %v, want ErrPeerSilent", r.err)
 	}
@@ -435,12 +478,6 @@ func TestStreamPeerDeathEndsBlockedRead(t *testing.T) {
 	// which a loaded host may delay, so the upper bound is loose.
 	if took := r.at.Sub(start); took < cfg.IdleTimeout-cfg.KeepaliveInterval || took > cfg.IdleTimeout+5*time.Second {
 		t.Fatalf("b noticed after %s with an idle timeout of %s", took, cfg.IdleTimeout)
-	}
-	if r := awaitStreamRead(t, onA, 10*time.Second); !errors.Is(r.err, ErrNATSClosed) {
-		t.Fatalf("a's Read = %v, want ErrNATSClosed", r.err)
-	}
-	if _, err := a.Dial("b", time.Second); !errors.Is(err, ErrNodeUnreachable) {
-		t.Fatalf("Dial on a closed NATS connection = %v, want ErrNodeUnreachable", err)
 	}
 }
 

@@ -297,6 +297,19 @@ func (l *NATSStreamLayer) handleConnect(msg *nats.Msg) {
 // for a deadline (e.g. after this node restarted).
 func (l *NATSStreamLayer) dispatch(msg *nats.Msg) {
 	id, _ := strings.CutPrefix(msg.Subject, l.connPrefix)
+	if len(msg.Data) == 0 && msg.Header.Get("Status") == "503" {
+		// NATS "no responders" to a frame this side sent (frames carry
+		// the connection's subject as their reply): nobody listens on
+		// the peer's side any more. Fail now rather than at the idle
+		// timeout.
+		l.mu.RLock()
+		c := l.conns[id]
+		l.mu.RUnlock()
+		if c != nil {
+			c.fail(fmt.Errorf("%w: no responders on its side (the peer is gone)", ErrConnReset), false)
+		}
+		return
+	}
 	kind, seq, payload, ok := parseFrame(msg.Data)
 	if !ok {
 		l.logger.Warn("dropped a malformed raft stream frame", "subject", msg.Subject, "bytes", len(msg.Data))

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -83,6 +84,81 @@ type announcement struct {
 	at          time.Time
 }
 
+// raftState is a node's replicated state on disk: the FSM and Raft's
+// log, stable and snapshot stores.
+type raftState struct {
+	fsm    *raftfsm.FSM
+	logs   *raftfsm.LogStore
+	stable *raftfsm.StableStore
+	snaps  *raft.FileSnapshotStore
+}
+
+// openRaftState opens the replicated state under cfg.DataDir. onSync
+// (may be nil) sees the Raft log's fsyncs. On error what was opened is
+// closed.
+func openRaftState(cfg Config, logger *slog.Logger, hl hclog.Logger, onSync func(time.Duration, error)) (_ *raftState, err error) {
+	st := &raftState{}
+	defer func() {
+		if err != nil {
+			st.close()
+		}
+	}()
+	dir := cfg.DataDir
+	logCfg := cfg.Log
+	logCfg.Sync = logcore.SyncNeverUnsafe // the Raft log holds the entries; Persist fsyncs
+	logCfg.Retention = logcore.Retention{}
+	if st.fsm, err = raftfsm.OpenFSM(raftfsm.FSMConfig{
+		Dir: filepath.Join(dir, "fsm"),
+		Log: logCfg,
+		Defaults: raftfsm.LogSettings{
+			MaxSegmentBytes:   cfg.Log.MaxSegmentBytes,
+			RetentionBytes:    cfg.Log.Retention.MaxBytes,
+			RetentionAge:      int64(cfg.Log.Retention.MaxAge),
+			RetentionSegments: cfg.Log.Retention.MaxSegments,
+		},
+		DedupWindow: cfg.DedupWindow,
+		DedupMax:    cfg.DedupMax,
+		Logger:      logger,
+	}); err != nil {
+		return nil, fmt.Errorf("open FSM: %w", err)
+	}
+	storeCfg := logcore.DefaultConfig()
+	storeCfg.Logger = logger
+	storeCfg.OnSync = onSync
+	if cfg.Cluster.RaftSegmentBytes > 0 {
+		storeCfg.MaxSegmentBytes = cfg.Cluster.RaftSegmentBytes
+	}
+	if st.logs, err = raftfsm.OpenLogStore(filepath.Join(dir, "raft", "log"), storeCfg); err != nil {
+		return nil, fmt.Errorf("open raft log: %w", err)
+	}
+	if st.stable, err = raftfsm.OpenStableStore(filepath.Join(dir, "raft", "stable"), nil); err != nil {
+		return nil, fmt.Errorf("open raft stable store: %w", err)
+	}
+	if st.snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "raft"), 2, hl); err != nil {
+		return nil, fmt.Errorf("open raft snapshots: %w", err)
+	}
+	return st, nil
+}
+
+// close closes what is open, once (a running node's clusterNode.close
+// closes its stores itself).
+func (st *raftState) close() error {
+	var errs []error
+	if st.fsm != nil {
+		errs = append(errs, st.fsm.Close())
+		st.fsm = nil
+	}
+	if st.logs != nil {
+		errs = append(errs, st.logs.Close())
+		st.logs = nil
+	}
+	if st.stable != nil {
+		errs = append(errs, st.stable.Close())
+		st.stable = nil
+	}
+	return errors.Join(errs...)
+}
+
 // startCluster opens the FSM and the Raft stores and starts Raft.
 func (s *Server) startCluster() (err error) {
 	cfg := s.cfg.Cluster
@@ -93,43 +169,13 @@ func (s *Server) startCluster() (err error) {
 	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
 	n.leaveSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".leave"
 	s.cluster = n
-	dir := s.cfg.DataDir
-
-	logCfg := s.cfg.Log
-	logCfg.Sync = logcore.SyncNeverUnsafe // the Raft log holds the entries; Persist fsyncs
-	logCfg.Retention = logcore.Retention{}
-	if n.fsm, err = raftfsm.OpenFSM(raftfsm.FSMConfig{
-		Dir: filepath.Join(dir, "fsm"),
-		Log: logCfg,
-		Defaults: raftfsm.LogSettings{
-			MaxSegmentBytes:   s.cfg.Log.MaxSegmentBytes,
-			RetentionBytes:    s.cfg.Log.Retention.MaxBytes,
-			RetentionAge:      int64(s.cfg.Log.Retention.MaxAge),
-			RetentionSegments: s.cfg.Log.Retention.MaxSegments,
-		},
-		DedupWindow: s.cfg.DedupWindow,
-		DedupMax:    s.cfg.DedupMax,
-		Logger:      s.logger,
-	}); err != nil {
-		return fmt.Errorf("open FSM: %w", err)
-	}
-	storeCfg := logcore.DefaultConfig()
-	storeCfg.Logger = s.logger
-	storeCfg.OnSync = s.metrics.onSync // natlog_fsync_duration_seconds: the Raft log's fsyncs
-	if cfg.RaftSegmentBytes > 0 {
-		storeCfg.MaxSegmentBytes = cfg.RaftSegmentBytes
-	}
-	if n.logs, err = raftfsm.OpenLogStore(filepath.Join(dir, "raft", "log"), storeCfg); err != nil {
-		return fmt.Errorf("open raft log: %w", err)
-	}
-	if n.stable, err = raftfsm.OpenStableStore(filepath.Join(dir, "raft", "stable"), nil); err != nil {
-		return fmt.Errorf("open raft stable store: %w", err)
-	}
 	hl := raftLogger(cfg.RaftLogLevel, s.nodeID)
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "raft"), 2, hl)
+	st, err := openRaftState(s.cfg, s.logger, hl, s.metrics.onSync)
 	if err != nil {
-		return fmt.Errorf("open raft snapshots: %w", err)
+		return err
 	}
+	n.fsm, n.logs, n.stable = st.fsm, st.logs, st.stable
+	snaps := st.snaps
 	if n.rnc, err = connect(s.cfg, s.ns, s.nodeID+" raft", s.logger); err != nil {
 		return fmt.Errorf("raft NATS connection: %w", err)
 	}

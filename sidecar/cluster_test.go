@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -635,4 +636,52 @@ func gatherMetrics(t *testing.T, s *Server) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// Quorum loss: two of three voters are gone for good. RecoverCluster on
+// the third (stopped) makes it a cluster of its own, with every record it
+// had; started again it leads and takes appends. It refuses a running
+// node's data dir.
+func TestClusterRecoverAfterQuorumLoss(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "v", 20)
+	tc.converged("orders", want)
+
+	if _, err := RecoverCluster(tc.cfgs["n1"], nil); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("recover of a running node: %v", err)
+	}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.stop(id)
+	}
+	if _, err := RecoverCluster(tc.cfgs["n1"], []string{"n2"}); err == nil {
+		t.Fatal("recovered with voters that leave the node out")
+	}
+	res, err := RecoverCluster(tc.cfgs["n1"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(res.Voters) != "[n1]" || res.LastIndex == 0 || fmt.Sprint(res.Logs) != "[orders]" {
+		t.Fatalf("recover: %+v", res)
+	}
+
+	tc.start("n1", 3)
+	if l := tc.leader(); l != "n1" {
+		t.Fatalf("leader %s after recovery, want n1", l)
+	}
+	r, err := appendRetry(t, nc, "orders", "after", "after-recovery")
+	if err != nil || r.Offset != uint64(len(want)) {
+		t.Fatalf("append after recovery: %+v, %v", r, err)
+	}
+	want = append(want, "after")
+	if got := tc.records("n1", "orders"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("records after recovery: %v, want %v", got, want)
+	}
+	if st := tc.node("n1").cluster.status(); len(st.Peers) != 1 || !st.Peers[0].Voter {
+		t.Fatalf("status after recovery: %+v", st)
+	}
 }
