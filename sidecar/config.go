@@ -17,9 +17,10 @@ type Config struct {
 	// DataDir holds the node's logs (DataDir/logs/<name>), its node id and
 	// its lock file. Created if missing.
 	DataDir string
-	// NodeID names the node in status replies and in the micro service's
-	// metadata. Empty means the id stored in DataDir/node-id, which is
-	// generated on first start.
+	// NodeID names the node in status replies, in the micro service's
+	// metadata and in a cluster's configuration. It is stored in
+	// DataDir/node-id on first start (generated if empty) and must not
+	// change afterwards: a different NodeID on a data dir is an error.
 	NodeID string
 	// Prefix is the first token(s) of every subject; see protocol.Subjects.
 	Prefix string

@@ -241,3 +241,34 @@ func TestNATSPortInUse(t *testing.T) {
 		t.Fatalf("Start on a used port: %v", err)
 	}
 }
+
+// A node keeps its id: given on first start, it is stored; a later start
+// without one finds it, and one with another id is refused.
+func TestNodeIDIsKept(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HTTPListen = ""
+	cfg.NodeID = "first"
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NodeID = ""
+	if s, err = Start(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if s.NodeID() != "first" {
+		t.Fatalf("restarted without --node-id as %q, want the stored %q", s.NodeID(), "first")
+	}
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NodeID = "second"
+	if _, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "belongs to node first") {
+		t.Fatalf("start with another id: %v", err)
+	}
+}

@@ -48,7 +48,7 @@ func RecoverCluster(cfg Config, voters []string) (RecoverResult, error) {
 		return res, fmt.Errorf("recover: %w (stop the node first)", err)
 	}
 	defer lock.Close()
-	if res.NodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID); err != nil {
+	if res.NodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID, false); err != nil {
 		return res, fmt.Errorf("recover: %w", err)
 	}
 	if len(voters) == 0 {

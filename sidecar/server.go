@@ -109,7 +109,7 @@ func (s *Server) start() (err error) {
 	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
 		return err
 	}
-	if s.nodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID); err != nil {
+	if s.nodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID, true); err != nil {
 		return err
 	}
 	s.logger = s.logger.With("node", s.nodeID)
@@ -316,28 +316,38 @@ func (s *Server) Leave(ctx context.Context) error {
 	return s.cluster.leave(timeout)
 }
 
-// loadNodeID returns id if set, else the id stored in dir/node-id,
-// generating and storing one on first use.
-func loadNodeID(dir, id string) (string, error) {
-	if id != "" {
-		return id, nil
-	}
+// loadNodeID returns the node's id: the one stored in dir/node-id, which
+// id (if set) must match; else id, or with create a generated one, stored
+// there on first use. A node keeps its id for the life of its data dir.
+func loadNodeID(dir, id string, create bool) (string, error) {
 	path := filepath.Join(dir, "node-id")
+	stored := ""
 	b, err := os.ReadFile(path)
-	if err == nil {
-		if id := strings.TrimSpace(string(b)); protocol.ValidLogName(id) {
+	switch {
+	case err == nil:
+		if stored = strings.TrimSpace(string(b)); !protocol.ValidLogName(stored) {
+			return "", fmt.Errorf("%s: not a node id: %q", path, b)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return "", err
+	}
+	switch {
+	case id != "" && stored != "" && id != stored:
+		return "", fmt.Errorf("data dir %s belongs to node %s, not %s: a node keeps its id (it names the node in a cluster's configuration)", dir, stored, id)
+	case stored != "":
+		return stored, nil
+	case !create:
+		if id != "" {
 			return id, nil
 		}
-		return "", fmt.Errorf("%s: not a node id: %q", path, b)
+		return "", fmt.Errorf("no node id in %s: give the id the node ran with", path)
+	case id == "":
+		var r [6]byte
+		if _, err := rand.Read(r[:]); err != nil {
+			return "", err
+		}
+		id = "n" + hex.EncodeToString(r[:])
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	var r [6]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		return "", err
-	}
-	id = "n" + hex.EncodeToString(r[:])
 	if err := writeFileAtomic(path, []byte(id+"\n")); err != nil {
 		return "", fmt.Errorf("store node id: %w", err)
 	}
