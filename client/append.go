@@ -184,9 +184,9 @@ func (f *AppendFuture) Wait(ctx context.Context) (uint64, error) {
 // ones gather, so a busy producer sends large batches (one fsync each)
 // and a quiet one single records. After a batch that filled the window,
 // the next waits briefly (at most 1 ms) for the window to refill, so
-// that a producer held back by the window sends full batches. Records of one client to one log are
-// appended in the order AppendAsync was called, also across retries,
-// each exactly once. A batch that fails (after retrying for
+// that a producer held back by the window sends full batches. Records of
+// one client to one log are appended in the order AppendAsync was called,
+// also across retries, each exactly once. A batch that fails (after retrying for
 // WithAsyncTimeout) fails all its futures with the same error.
 func (c *Client) AppendAsync(ctx context.Context, log string, value []byte, opts ...AppendOption) (*AppendFuture, error) {
 	var o appendOpts
