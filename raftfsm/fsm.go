@@ -74,6 +74,11 @@ type FSM struct {
 	// raises that when it hands entries to the FSM, before they are
 	// applied.
 	applied atomic.Uint64
+	// covered is the applied index (of a snapshot Persist wrote or
+	// Restore installed) that the logs on disk are known to hold, from
+	// Dir/covered; see Covers.
+	covered   atomic.Uint64
+	coveredMu sync.Mutex // serializes writes of Dir/covered
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -119,6 +124,9 @@ func OpenFSM(cfg FSMConfig) (*FSM, error) {
 	}
 	if err := f.finishRestore(); err != nil {
 		return nil, fmt.Errorf("raftfsm: finish interrupted restore: %w", err)
+	}
+	if err := f.loadCovered(); err != nil {
+		return nil, err
 	}
 	if err := f.openLogs(); err != nil {
 		f.closeLogs()
@@ -425,6 +433,47 @@ func (f *FSM) Log(name string) *logcore.Log {
 // indexes, so a replica whose AppliedIndex has reached a command's index
 // holds its effects.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// Covers reports whether the logs on disk are known to hold the state of a
+// snapshot whose applied index (SnapshotApplied) is applied: the FSM wrote
+// such a snapshot, or finished restoring one. A node whose newest Raft
+// snapshot it does not cover must restore it before Raft starts: Raft
+// (with NoSnapshotRestoreOnStart) replays only the entries after a
+// snapshot, and a restore that a crash interrupted after Raft had stored
+// the snapshot left the old logs in place.
+func (f *FSM) Covers(applied uint64) bool { return f.covered.Load() >= applied }
+
+// noteCovered records durably that the logs on disk hold the state up to
+// applied.
+func (f *FSM) noteCovered(applied uint64) error {
+	f.coveredMu.Lock()
+	defer f.coveredMu.Unlock()
+	if applied <= f.covered.Load() {
+		return nil
+	}
+	if err := logcore.WriteFileAtomic(f.fs, f.path("covered"), strconv.AppendUint(nil, applied, 10)); err != nil {
+		return fmt.Errorf("record covered index: %w", err)
+	}
+	f.covered.Store(applied)
+	return nil
+}
+
+// loadCovered reads Dir/covered (missing: nothing is known covered).
+func (f *FSM) loadCovered() error {
+	b, err := logcore.ReadFile(f.fs, f.path("covered"), 64)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("raftfsm: %w", err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return fmt.Errorf("raftfsm: %s: not an index: %q", f.path("covered"), b)
+	}
+	f.covered.Store(v)
+	return nil
+}
 
 // StartedFrom tells the FSM that its state on disk covers the commands up
 // to index: the snapshot Raft started from without restoring it

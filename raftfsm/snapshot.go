@@ -82,6 +82,11 @@ func (s *cutSnapshot) persist(w io.Writer) error {
 			return fmt.Errorf("raftfsm: snapshot: sync %s: %w", l.Dir(), err)
 		}
 	}
+	// The logs on disk now hold the cut: say so before the snapshot
+	// exists (see FSM.Covers).
+	if err := s.f.noteCovered(s.header.Applied); err != nil {
+		return fmt.Errorf("raftfsm: snapshot: %w", err)
+	}
 	bw := bufio.NewWriterSize(w, 256<<10)
 	hdr := mustMarshal(s.header)
 	if err := binary.Write(bw, binary.BigEndian, uint32(len(hdr))); err != nil {
@@ -134,29 +139,49 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.applied.Store(applied)
+	if err := f.noteCovered(applied); err != nil {
+		return fmt.Errorf("raftfsm: restore: %w", err)
+	}
 	return nil
+}
+
+// readSnapshotHeader reads a snapshot stream's header.
+func readSnapshotHeader(r io.Reader) (snapshotHeader, error) {
+	var hdr snapshotHeader
+	var n uint32
+	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
+		return hdr, fmt.Errorf("snapshot header: %w", err)
+	}
+	if n > 64<<20 {
+		return hdr, fmt.Errorf("snapshot header of %d bytes", n)
+	}
+	hb := make([]byte, n)
+	if _, err := io.ReadFull(r, hb); err != nil {
+		return hdr, fmt.Errorf("snapshot header: %w", err)
+	}
+	if err := msgpack.Unmarshal(hb, &hdr); err != nil {
+		return hdr, fmt.Errorf("snapshot header: %w", err)
+	}
+	if hdr.Version != snapshotVersion {
+		return hdr, fmt.Errorf("snapshot version %d, want %d", hdr.Version, snapshotVersion)
+	}
+	return hdr, nil
+}
+
+// SnapshotApplied reads the applied index (FSM.AppliedIndex at the cut)
+// from the start of a snapshot written by Persist; 0 for a snapshot
+// written before it was kept.
+func SnapshotApplied(r io.Reader) (uint64, error) {
+	hdr, err := readSnapshotHeader(r)
+	return hdr.Applied, err
 }
 
 // buildFromSnapshot writes the snapshot's logs under dir and returns the
 // snapshot's applied index.
 func (f *FSM) buildFromSnapshot(r io.Reader, dir string) (uint64, error) {
-	var n uint32
-	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
-		return 0, fmt.Errorf("snapshot header: %w", err)
-	}
-	if n > 64<<20 {
-		return 0, fmt.Errorf("snapshot header of %d bytes", n)
-	}
-	hb := make([]byte, n)
-	if _, err := io.ReadFull(r, hb); err != nil {
-		return 0, fmt.Errorf("snapshot header: %w", err)
-	}
-	var hdr snapshotHeader
-	if err := msgpack.Unmarshal(hb, &hdr); err != nil {
-		return 0, fmt.Errorf("snapshot header: %w", err)
-	}
-	if hdr.Version != snapshotVersion {
-		return 0, fmt.Errorf("snapshot version %d, want %d", hdr.Version, snapshotVersion)
+	hdr, err := readSnapshotHeader(r)
+	if err != nil {
+		return 0, err
 	}
 	fr := logcore.NewFrameReader(r)
 	for _, h := range hdr.Logs {

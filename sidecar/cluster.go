@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,7 +47,7 @@ type clusterNode struct {
 	// raftLogs is the cache in front of logs that Raft uses.
 	raftLogs raft.LogStore
 	// covered: every command up to this Raft index is applied to the
-	// FSM (linearizable reads on followers; see fsmCovers).
+	// FSM (linearizable reads on followers; see lastCommand).
 	covered atomic.Uint64
 	// reconciles counts the leader's membership passes (for tests).
 	reconciles atomic.Uint64
@@ -206,13 +207,8 @@ func (s *Server) startCluster() (err error) {
 		return err
 	}
 	n.raftLogs = cache
-	// The FSM's state on disk covers the newest snapshot, which Raft
-	// does not restore (NoSnapshotRestoreOnStart): linearizable reads
-	// compare the FSM's applied index with the leader's.
-	if metas, err := snaps.List(); err != nil {
-		return fmt.Errorf("raft snapshots: %w", err)
-	} else if len(metas) > 0 {
-		n.fsm.StartedFrom(metas[0].Index)
+	if err := n.restoreIfBehind(snaps); err != nil {
+		return err
 	}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, n.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
@@ -227,6 +223,62 @@ func (s *Server) startCluster() (err error) {
 	n.running = true
 	go n.run(!hasState)
 	return nil
+}
+
+// restoreIfBehind makes sure the FSM holds the newest Raft snapshot before
+// Raft starts: Raft does not restore it (NoSnapshotRestoreOnStart: the
+// FSM recovers from its own files) and replays only the entries after it.
+// The FSM's files hold it unless a snapshot install from the leader was
+// interrupted (Raft stores the snapshot, then the FSM restores it): then
+// it is restored now. The FSM learns the index Raft starts from.
+func (n *clusterNode) restoreIfBehind(snaps *raft.FileSnapshotStore) error {
+	metas, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("raft snapshots: %w", err)
+	}
+	if len(metas) == 0 {
+		return nil
+	}
+	newest := metas[0]
+	// The header is at the front of the snapshot's state file; reading it
+	// there spares the full read (and checksum) that snaps.Open does.
+	applied, err := readSnapshotApplied(filepath.Join(n.s.cfg.DataDir, "raft", "snapshots", newest.ID, "state.bin"))
+	if err != nil {
+		n.s.logger.Warn("natlog: reading the newest raft snapshot's header directly; opening it instead", "snapshot", newest.ID, "err", err)
+		_, rc, oerr := snaps.Open(newest.ID)
+		if oerr != nil {
+			return fmt.Errorf("raft snapshot %s: %w", newest.ID, oerr)
+		}
+		applied, err = raftfsm.SnapshotApplied(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("raft snapshot %s: %w", newest.ID, err)
+		}
+	}
+	if !n.fsm.Covers(applied) {
+		n.s.logger.Warn("natlog: the logs do not hold the newest raft snapshot (an install was interrupted); restoring it",
+			"snapshot", newest.ID, "index", newest.Index)
+		_, rc, err := snaps.Open(newest.ID)
+		if err != nil {
+			return fmt.Errorf("raft snapshot %s: %w", newest.ID, err)
+		}
+		if err := n.fsm.Restore(rc); err != nil {
+			return fmt.Errorf("restore raft snapshot %s: %w", newest.ID, err)
+		}
+	}
+	n.fsm.StartedFrom(newest.Index)
+	return nil
+}
+
+// readSnapshotApplied reads the applied index from the header of a raft
+// FileSnapshotStore state file.
+func readSnapshotApplied(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return raftfsm.SnapshotApplied(bufio.NewReader(f))
 }
 
 // raftLogger is hashicorp/raft's logger at level ("off" discards).
@@ -424,7 +476,7 @@ func (n *clusterNode) reconcile() {
 			return
 		}
 		if member {
-			n.s.logger.Info("natlog: promoted a read replica to voter", "node", id)
+			n.s.logger.Info("natlog: promoted a non-voter to voter", "node", id)
 		} else {
 			n.s.logger.Info("natlog: added a member", "node", id, "voter", asVoter)
 		}

@@ -3,6 +3,8 @@ package sidecar
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -684,4 +686,30 @@ func TestClusterRecoverAfterQuorumLoss(t *testing.T) {
 	if st := tc.node("n1").cluster.status(); len(st.Peers) != 1 || !st.Peers[0].Voter {
 		t.Fatalf("status after recovery: %+v", st)
 	}
+}
+
+// A node whose logs do not hold its newest Raft snapshot (a snapshot
+// install from the leader that a crash interrupted: Raft had stored the
+// snapshot, the FSM had not restored it) restores it before Raft starts:
+// Raft replays only what follows the snapshot, so the records would be
+// missing for good. Simulated by removing the FSM's files after a snapshot.
+func TestClusterRestoresSnapshotTheLogsLack(t *testing.T) {
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "v", 30)
+	tc.converged("orders", want)
+	if err := tc.node("n2").cluster.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	tc.stop("n2")
+	if err := os.RemoveAll(filepath.Join(tc.cfgs["n2"].DataDir, "fsm")); err != nil {
+		t.Fatal(err)
+	}
+	tc.start("n2", 3)
+	want = append(want, appendN(t, nc, "orders", "w", 5)...)
+	tc.converged("orders", want)
 }
