@@ -396,45 +396,55 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	if _, err := fmt.Sscan(string(m.Data), &idx); err != nil {
 		return protocol.Errorf(protocol.ErrUnavailable, "leader: %s", m.Data)
 	}
-	for n.raft.AppliedIndex() < idx || !n.fsmCovers(idx) {
-		select {
-		case <-ctx.Done():
-			return protocol.Errorf(protocol.ErrUnavailable, "this replica has not applied index %d yet; retry", idx)
-		case <-time.After(2 * time.Millisecond):
+	wait := func(done func() bool) *protocol.Error {
+		for !done() {
+			select {
+			case <-ctx.Done():
+				return protocol.Errorf(protocol.ErrUnavailable, "this replica has not applied index %d yet; retry", idx)
+			case <-time.After(2 * time.Millisecond):
+			}
 		}
+		return nil
+	}
+	// Raft raises its applied index when it hands entries to the FSM,
+	// before the FSM applies them: wait for both.
+	if perr := wait(func() bool { return n.raft.AppliedIndex() >= idx }); perr != nil {
+		return perr
+	}
+	cmd := n.lastCommand(idx)
+	if perr := wait(func() bool { return n.fsm.AppliedIndex() >= cmd }); perr != nil {
+		return perr
+	}
+	for cur := n.covered.Load(); cur < idx && !n.covered.CompareAndSwap(cur, idx); cur = n.covered.Load() {
 	}
 	return nil
 }
 
-// fsmCovers reports whether the FSM has applied every command up to idx,
-// once Raft has handed it every entry up to idx (raft.AppliedIndex() >= idx:
-// Raft raises its applied index when it hands entries over, before the
-// FSM applies them). Entries that are not commands (barriers, no-ops,
-// configurations) never reach the FSM, so the FSM's own applied index
-// may stay below idx: the newest command at or below idx decides. It is
-// found in the Raft log; entries compacted away are covered by the
-// snapshot the FSM holds.
-func (n *clusterNode) fsmCovers(idx uint64) bool {
-	covered := n.covered.Load()
-	if covered >= idx {
-		return true
+// lastCommand returns the Raft index of the newest command at or below idx
+// that the FSM may not have applied yet (0: none). Entries that are not
+// commands (barriers, no-ops, configurations) never reach the FSM, so
+// the FSM's own applied index may stay below idx for good: the newest
+// command decides. It is looked up in the Raft log, down to what the FSM
+// is known to hold (its applied index, an index earlier reads found
+// covered, the entries compacted into a snapshot). An unreadable entry
+// counts as a command (the read then waits and times out rather than
+// guess).
+func (n *clusterNode) lastCommand(idx uint64) uint64 {
+	floor := max(n.fsm.AppliedIndex(), n.covered.Load())
+	if first, err := n.raftLogs.FirstIndex(); err == nil && first > 0 {
+		floor = max(floor, first-1)
 	}
-	floor := max(n.fsm.AppliedIndex(), covered)
 	for i := idx; i > floor; i-- {
 		var l raft.Log
 		err := n.raftLogs.GetLog(i, &l)
 		switch {
 		case errors.Is(err, raft.ErrLogNotFound):
-			// Compacted: below the snapshot, which the FSM covers.
-		case err != nil:
-			return false // unreadable: do not guess; the read times out
-		case l.Type == raft.LogCommand:
-			return false // a command the FSM has not applied yet
+			// Compacted: below the snapshot, which the FSM holds.
+		case err != nil, l.Type == raft.LogCommand:
+			return i
 		}
 	}
-	for cur := n.covered.Load(); cur < idx && !n.covered.CompareAndSwap(cur, idx); cur = n.covered.Load() {
-	}
-	return true
+	return 0
 }
 
 // onCommitIndex serves <prefix>._cluster.<name>.commit on the leader: a
