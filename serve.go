@@ -37,7 +37,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.NATSUser, "nats-user", "", "user for the node's NATS connection")
 	fs.StringVar(&cfg.NATSPassword, "nats-password", "", "password for the node's NATS connection")
 	fs.StringVar(&cfg.NATSToken, "nats-token", "", "token for the node's NATS connection")
-	leafRemotes := fs.String("leaf-remote", "", "make the embedded nats-server a leaf node of an existing NATS system at these leafnode URLs\n(comma-separated, e.g. nats-leaf://hub:7422): applications next to this node connect to it and reach the\nwhole system through it (sidecar mode; credentials and TLS for the remote go in --nats-config)")
+	leafRemotes := fs.String("leaf-remote", "", "make the embedded nats-server a leaf node of an existing NATS system at these leafnode URLs\n(comma-separated, e.g. nats-leaf://hub:7422): applications next to this node connect to it and reach the\nwhole system through it (sidecar mode; a remote that needs credentials or TLS goes in a --nats-config file's\nleafnodes section instead)")
 	fs.BoolVar(&cfg.NATSLog, "nats-log", false, "log the embedded nats-server's notices (its warnings and errors are always logged)")
 	httpListen := fs.String("http-listen", cfg.HTTPListen, `host:port of the HTTP endpoint (health, metrics, JSON gateway); "off" disables it`)
 	fsync := fs.String("fsync", "always", "when appends are fsynced: always (before each acknowledgement; durable),\ninterval (every --fsync-interval; UNSAFE: a crash loses up to one interval of acknowledged records),\nnever (left to the OS; UNSAFE)")

@@ -40,8 +40,9 @@ type Config struct {
 	// of an existing NATS system (its leafnode URLs, e.g.
 	// nats-leaf://hub:7422): applications next to the node connect to the
 	// embedded server and reach the whole system through it, and the
-	// node reaches its cluster the same way (sidecar mode). Credentials
-	// and TLS for the remote go in NATSConfigFile's leafnodes section.
+	// node reaches its cluster the same way (sidecar mode). A remote that
+	// needs credentials or TLS is defined in NATSConfigFile's leafnodes
+	// section instead (both at once is an error).
 	NATSLeafRemotes []string
 	// NATSCredsFile, NATSUser and NATSPassword, or NATSToken authenticate
 	// the node's own NATS connection (to NATSURL, or to an embedded server

@@ -42,6 +42,9 @@ func startEmbedded(cfg Config, nodeID string, logger *slog.Logger) (*server.Serv
 		opts.ServerName = "natlog-" + nodeID
 	}
 	if len(cfg.NATSLeafRemotes) > 0 {
+		if len(opts.LeafNode.Remotes) > 0 {
+			return nil, fmt.Errorf("--leaf-remote and the leafnodes remotes of %s: give the leaf remote in one place (the config file's, for credentials or TLS)", cfg.NATSConfigFile)
+		}
 		var urls []*url.URL
 		for _, u := range cfg.NATSLeafRemotes {
 			pu, err := url.Parse(u)

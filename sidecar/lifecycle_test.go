@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -270,5 +272,24 @@ func TestNodeIDIsKept(t *testing.T) {
 	cfg.NodeID = "second"
 	if _, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "belongs to node first") {
 		t.Fatalf("start with another id: %v", err)
+	}
+}
+
+// A leaf remote given both as --leaf-remote and in the embedded server's
+// configuration file is refused with a clear error.
+func TestLeafRemoteInOnePlace(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HTTPListen = ""
+	conf := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(conf, []byte("listen: 127.0.0.1:-1\nleafnodes { remotes = [ { url: \"nats-leaf://127.0.0.1:7422\" } ] }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.NATSConfigFile = conf
+	cfg.NATSLeafRemotes = []string{"nats-leaf://127.0.0.1:7423"}
+	if s, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "one place") {
+		if s != nil {
+			s.Shutdown(context.Background())
+		}
+		t.Fatalf("Start with the leaf remote in two places: %v", err)
 	}
 }
