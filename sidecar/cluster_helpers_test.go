@@ -66,6 +66,16 @@ func newTestCluster(t testing.TB) *testCluster {
 	return tc
 }
 
+// newThreeNodes starts a cluster of n1, n2 and n3 (bootstrap-expect 3).
+func newThreeNodes(t testing.TB) *testCluster {
+	t.Helper()
+	tc := newTestCluster(t)
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	return tc
+}
+
 // start starts node id (fresh, or on its data dir again).
 func (tc *testCluster) start(id string, expect int) *Server {
 	tc.t.Helper()

@@ -18,10 +18,7 @@ import (
 )
 
 func TestClusterElectsReplicatesAndReads(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	leader := tc.leader()
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "v", 50)
@@ -152,10 +149,7 @@ func TestClusterElectsReplicatesAndReads(t *testing.T) {
 // retry; the leader is stopped mid-stream and later restarted. Every
 // acknowledged record is on every node exactly once, in the same order.
 func TestClusterLeaderKilledWhileAppending(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	old := tc.leader()
 	nc := tc.client()
 
@@ -220,10 +214,7 @@ func TestClusterLeaderKilledWhileAppending(t *testing.T) {
 // node joins as a non-voter; a node leaves gracefully; all nodes restart
 // with nothing lost or duplicated.
 func TestClusterMembership(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	leader := tc.leader()
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "a", 20)
@@ -347,10 +338,7 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 // TestClusterConcurrentPlainAppends: concurrent plain appends share Raft
 // entries (and ops); each reply names exactly its own records.
 func TestClusterConcurrentPlainAppends(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	tc.leader()
 	nc := tc.client()
 	const clients = 64
@@ -520,10 +508,7 @@ func TestClusterLinearizableReadsAfterRestart(t *testing.T) {
 // local member of the read queue group); the sidecar joins as a non-voter
 // and is not promoted when a voter goes, a new node is.
 func TestClusterSidecarLeafNode(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	leader := tc.leader()
 
 	cfg := testConfig(t)
@@ -645,10 +630,7 @@ func gatherMetrics(t *testing.T, s *Server) map[string]float64 {
 // had; started again it leads and takes appends. It refuses a running
 // node's data dir.
 func TestClusterRecoverAfterQuorumLoss(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	tc.leader()
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "v", 20)
@@ -694,10 +676,7 @@ func TestClusterRecoverAfterQuorumLoss(t *testing.T) {
 // Raft replays only what follows the snapshot, so the records would be
 // missing for good. Simulated by removing the FSM's files after a snapshot.
 func TestClusterRestoresSnapshotTheLogsLack(t *testing.T) {
-	tc := newTestCluster(t)
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc := newThreeNodes(t)
 	tc.leader()
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "v", 30)
