@@ -447,6 +447,9 @@ func (n *clusterNode) reconcile() {
 	if n.removeDead(f.Configuration().Servers) {
 		return // the configuration changed: reconcile on the next tick
 	}
+	if n.demoteReadReplica(members, rec) {
+		return // the configuration changed: a non-voter is promoted next
+	}
 	ids := make([]string, 0, len(rec))
 	for id := range rec {
 		ids = append(ids, id)
@@ -481,6 +484,36 @@ func (n *clusterNode) reconcile() {
 			n.s.logger.Info("natlog: added a member", "node", id, "voter", asVoter)
 		}
 	}
+}
+
+// demoteReadReplica demotes one voter that now announces itself as a read
+// replica (restarted with --read-replica), if a non-voter that may vote
+// is there to take its place (the next pass promotes it), so the voters
+// never drop below what they were. The leader is not demoted: it hands
+// leadership over first (a graceful leave) or stays. It reports whether it
+// changed the configuration.
+func (n *clusterNode) demoteReadReplica(members map[string]raft.ServerSuffrage, rec map[string]announcement) bool {
+	replacement := false
+	for id, suf := range members {
+		if a, ok := rec[id]; ok && suf == raft.Nonvoter && !a.ReadReplica && !a.Leaving {
+			replacement = true
+		}
+	}
+	if !replacement {
+		return false
+	}
+	for id, suf := range members {
+		if a, ok := rec[id]; !ok || suf != raft.Voter || !a.ReadReplica || id == n.id {
+			continue
+		}
+		if err := n.raft.DemoteVoter(raft.ServerID(id), 0, n.cfg.ApplyTimeout).Error(); err != nil {
+			n.s.logger.Warn("natlog: demoting a read replica", "node", id, "err", err)
+			return false
+		}
+		n.s.logger.Info("natlog: demoted a voter that runs as a read replica now", "node", id)
+		return true
+	}
+	return false
 }
 
 // removeDead removes one member unheard of for DeadNodeTimeout, if

@@ -27,7 +27,8 @@ type ClusterConfig struct {
 	// ReadReplica makes the node a non-voting read replica for good: the
 	// leader adds it as a non-voter and never promotes it, and it never
 	// bootstraps (a sidecar next to an application, which may come and
-	// go with it, must not count toward the quorum).
+	// go with it, must not count toward the quorum). A voter restarted as
+	// one is demoted once another non-voter can take its place.
 	ReadReplica bool
 
 	// AnnounceInterval is how often a node announces itself and the

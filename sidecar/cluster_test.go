@@ -692,3 +692,47 @@ func TestClusterRestoresSnapshotTheLogsLack(t *testing.T) {
 	want = append(want, appendN(t, nc, "orders", "w", 5)...)
 	tc.converged("orders", want)
 }
+
+// A voter restarted as a read replica is demoted once a non-voter can take
+// its place, which is then promoted: the voters stay three.
+func TestClusterVoterRestartedAsReadReplica(t *testing.T) {
+	tc := newThreeNodes(t)
+	leader := tc.leader()
+	tc.start("n4", 0)
+	peer := func(id string) (protocol.Peer, bool) {
+		for _, p := range tc.node(tc.leader()).cluster.status().Peers {
+			if p.ID == id {
+				return p, true
+			}
+		}
+		return protocol.Peer{}, false
+	}
+	eventually(t, 20*time.Second, "n4 to join as a non-voter", func() bool {
+		p, ok := peer("n4")
+		return ok && !p.Voter
+	})
+	gone := "n3"
+	if gone == leader {
+		gone = "n2"
+	}
+	tc.stop(gone)
+	cfg := tc.cfgs[gone]
+	cfg.Cluster.ReadReplica = true
+	cfg.Cluster.BootstrapExpect = 0
+	tc.cfgs[gone] = cfg
+	tc.start(gone, 0)
+	eventually(t, 20*time.Second, gone+" demoted and n4 promoted", func() bool {
+		g, ok1 := peer(gone)
+		p4, ok2 := peer("n4")
+		return ok1 && ok2 && !g.Voter && p4.Voter
+	})
+	voters := 0
+	for _, p := range tc.node(tc.leader()).cluster.status().Peers {
+		if p.Voter {
+			voters++
+		}
+	}
+	if voters != 3 {
+		t.Fatalf("%d voters, want 3", voters)
+	}
+}
