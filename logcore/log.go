@@ -62,14 +62,13 @@ type Log struct {
 	notifyCh chan struct{}
 
 	// The cache of open sealed segments.
-	cacheMu   sync.Mutex
-	openSegs  []*segment
-	clock     atomic.Uint64
-	isClosed  atomic.Bool
-	stopBg    chan struct{}
-	bgDone    sync.WaitGroup
-	stats     stats
-	readerBuf sync.Pool
+	cacheMu  sync.Mutex
+	openSegs []*segment
+	clock    atomic.Uint64
+	isClosed atomic.Bool
+	stopBg   chan struct{}
+	bgDone   sync.WaitGroup
+	stats    stats
 }
 
 // Open opens the log in dir, creating it if needed, and recovers it after a

@@ -16,8 +16,6 @@ import (
 // errShort is the reader's error for a body cut short.
 var errShort = errors.New("unexpected end of body")
 
-func appendNil(b []byte) []byte { return append(b, 0xc0) }
-
 func appendBool(b []byte, v bool) []byte {
 	if v {
 		return append(b, 0xc3)
