@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -245,14 +246,17 @@ func (n *clusterNode) restoreIfBehind(snaps *raft.FileSnapshotStore) error {
 	applied, err := readSnapshotApplied(filepath.Join(n.s.cfg.DataDir, "raft", "snapshots", newest.ID, "state.bin"))
 	if err != nil {
 		n.s.logger.Warn("natlog: reading the newest raft snapshot's header directly; opening it instead", "snapshot", newest.ID, "err", err)
-		_, rc, oerr := snaps.Open(newest.ID)
-		if oerr != nil {
-			return fmt.Errorf("raft snapshot %s: %w", newest.ID, oerr)
+		var rc io.ReadCloser
+		if _, rc, err = snaps.Open(newest.ID); err == nil {
+			applied, err = raftfsm.SnapshotApplied(rc)
+			rc.Close()
 		}
-		applied, err = raftfsm.SnapshotApplied(rc)
-		rc.Close()
 		if err != nil {
-			return fmt.Errorf("raft snapshot %s: %w", newest.ID, err)
+			// Raft itself does not read it at start either: trust the
+			// logs, as before the check, and say so.
+			n.s.logger.Error("natlog: the newest raft snapshot is unreadable; assuming the logs hold it", "snapshot", newest.ID, "err", err)
+			n.fsm.StartedFrom(newest.Index)
+			return nil
 		}
 	}
 	if !n.fsm.Covers(applied) {

@@ -736,3 +736,29 @@ func TestClusterVoterRestartedAsReadReplica(t *testing.T) {
 		t.Fatalf("%d voters, want 3", voters)
 	}
 }
+
+// A node whose newest Raft snapshot file is damaged still starts (Raft
+// does not read it at start; the logs hold its state) and says so.
+func TestClusterStartsWithDamagedSnapshot(t *testing.T) {
+	tc := newThreeNodes(t)
+	tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "v", 10)
+	tc.converged("orders", want)
+	if err := tc.node("n2").cluster.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	tc.stop("n2")
+	states, err := filepath.Glob(filepath.Join(tc.cfgs["n2"].DataDir, "raft", "snapshots", "*", "state.bin"))
+	if err != nil || len(states) == 0 {
+		t.Fatalf("no snapshot state file: %v", err)
+	}
+	for _, p := range states {
+		if err := os.Truncate(p, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.start("n2", 3)
+	want = append(want, appendN(t, nc, "orders", "w", 3)...)
+	tc.converged("orders", want)
+}
