@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -409,19 +410,36 @@ func TestStreamConcurrentConnections(t *testing.T) {
 	}
 }
 
+// peerPair is a connection dialed from a to b, with keepalives every 50 ms
+// and the given idle timeout.
+type peerPair struct {
+	ns               *server.Server
+	cfg              TransportConfig
+	a                *NATSStreamLayer
+	ncA              *nats.Conn
+	dialed, accepted *streamConn
+}
+
+func startPeerPair(t *testing.T, idle time.Duration) peerPair {
+	t.Helper()
+	p := peerPair{ns: startStreamNATS(t, 0), cfg: streamTestConfig("a")}
+	p.cfg.KeepaliveInterval = 50 * time.Millisecond
+	p.cfg.IdleTimeout = idle
+	p.a, p.ncA = startStreamLayer(t, p.ns, p.cfg)
+	cfgB := p.cfg
+	cfgB.NodeID = "b"
+	b, _ := startStreamLayer(t, p.ns, cfgB)
+	p.dialed, p.accepted = dialStreamPair(t, p.a, b)
+	return p
+}
+
 // A peer whose NATS connection dies sends no fin, but its subscriptions go
 // with it: the next frame to it (a keepalive ping, at the latest) comes back
 // as NATS "no responders", and the Read that raft's accepting side blocks
 // in without a deadline ends with ErrConnReset, before the idle timeout.
 func TestStreamPeerDeathEndsBlockedRead(t *testing.T) {
-	ns := startStreamNATS(t, 0)
-	cfg := streamTestConfig("a")
-	cfg.KeepaliveInterval = 50 * time.Millisecond
-	cfg.IdleTimeout = 5 * time.Second
-	a, ncA := startStreamLayer(t, ns, cfg)
-	cfg.NodeID = "b"
-	b, _ := startStreamLayer(t, ns, cfg)
-	dialed, accepted := dialStreamPair(t, a, b)
+	p := startPeerPair(t, 5*time.Second)
+	a, ncA, dialed, accepted, cfg := p.a, p.ncA, p.dialed, p.accepted, p.cfg
 
 	onB := readInBackground(accepted, 1)
 	onA := readInBackground(dialed, 1)
@@ -447,18 +465,12 @@ func TestStreamPeerDeathEndsBlockedRead(t *testing.T) {
 // half-open connection the NATS server has not noticed yet) is caught by
 // the keepalive idle check: the blocked Read ends with ErrPeerSilent.
 func TestStreamPeerSilentEndsBlockedRead(t *testing.T) {
-	ns := startStreamNATS(t, 0)
-	cfg := streamTestConfig("a")
-	cfg.KeepaliveInterval = 50 * time.Millisecond
-	cfg.IdleTimeout = 400 * time.Millisecond
-	a, ncA := startStreamLayer(t, ns, cfg)
-	cfg.NodeID = "b"
-	b, _ := startStreamLayer(t, ns, cfg)
-	dialed, accepted := dialStreamPair(t, a, b)
+	p := startPeerPair(t, 400*time.Millisecond)
+	ncA, dialed, accepted, cfg := p.ncA, p.dialed, p.accepted, p.cfg
 
 	// A black hole on a's side of the connection: b's frames are taken
 	// and never answered.
-	hole := connectStreamNATS(t, ns)
+	hole := connectStreamNATS(t, p.ns)
 	if _, err := hole.Subscribe(dialed.inbox, func(*nats.Msg) {}); err != nil {
 		t.Fatal(err)
 	}
