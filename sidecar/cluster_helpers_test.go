@@ -76,6 +76,16 @@ func newThreeNodes(t testing.TB) *testCluster {
 	return tc
 }
 
+// peer is member id as the leader's status shows it.
+func (tc *testCluster) peer(id string) (protocol.Peer, bool) {
+	for _, p := range tc.node(tc.leader()).cluster.status().Peers {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return protocol.Peer{}, false
+}
+
 // start starts node id (fresh, or on its data dir again).
 func (tc *testCluster) start(id string, expect int) *Server {
 	tc.t.Helper()

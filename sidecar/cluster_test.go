@@ -529,14 +529,7 @@ func TestClusterSidecarLeafNode(t *testing.T) {
 	if side.NATSURL() == tc.url {
 		t.Fatal("the sidecar does not run its own nats-server")
 	}
-	peer := func(id string) (protocol.Peer, bool) {
-		for _, p := range tc.node(tc.leader()).cluster.status().Peers {
-			if p.ID == id {
-				return p, true
-			}
-		}
-		return protocol.Peer{}, false
-	}
+	peer := tc.peer
 	eventually(t, 20*time.Second, "the sidecar to join as a non-voter", func() bool {
 		p, ok := peer("s1")
 		return ok && !p.Voter
@@ -676,15 +669,7 @@ func TestClusterRecoverAfterQuorumLoss(t *testing.T) {
 // Raft replays only what follows the snapshot, so the records would be
 // missing for good. Simulated by removing the FSM's files after a snapshot.
 func TestClusterRestoresSnapshotTheLogsLack(t *testing.T) {
-	tc := newThreeNodes(t)
-	tc.leader()
-	nc := tc.client()
-	want := appendN(t, nc, "orders", "v", 30)
-	tc.converged("orders", want)
-	if err := tc.node("n2").cluster.raft.Snapshot().Error(); err != nil {
-		t.Fatal(err)
-	}
-	tc.stop("n2")
+	tc, nc, want := snapshotStopped(t, "n2", 30)
 	if err := os.RemoveAll(filepath.Join(tc.cfgs["n2"].DataDir, "fsm")); err != nil {
 		t.Fatal(err)
 	}
@@ -699,14 +684,7 @@ func TestClusterVoterRestartedAsReadReplica(t *testing.T) {
 	tc := newThreeNodes(t)
 	leader := tc.leader()
 	tc.start("n4", 0)
-	peer := func(id string) (protocol.Peer, bool) {
-		for _, p := range tc.node(tc.leader()).cluster.status().Peers {
-			if p.ID == id {
-				return p, true
-			}
-		}
-		return protocol.Peer{}, false
-	}
+	peer := tc.peer
 	eventually(t, 20*time.Second, "n4 to join as a non-voter", func() bool {
 		p, ok := peer("n4")
 		return ok && !p.Voter
@@ -740,15 +718,7 @@ func TestClusterVoterRestartedAsReadReplica(t *testing.T) {
 // A node whose newest Raft snapshot file is damaged still starts (Raft
 // does not read it at start; the logs hold its state) and says so.
 func TestClusterStartsWithDamagedSnapshot(t *testing.T) {
-	tc := newThreeNodes(t)
-	tc.leader()
-	nc := tc.client()
-	want := appendN(t, nc, "orders", "v", 10)
-	tc.converged("orders", want)
-	if err := tc.node("n2").cluster.raft.Snapshot().Error(); err != nil {
-		t.Fatal(err)
-	}
-	tc.stop("n2")
+	tc, nc, want := snapshotStopped(t, "n2", 10)
 	states, err := filepath.Glob(filepath.Join(tc.cfgs["n2"].DataDir, "raft", "snapshots", "*", "state.bin"))
 	if err != nil || len(states) == 0 {
 		t.Fatalf("no snapshot state file: %v", err)
@@ -761,4 +731,20 @@ func TestClusterStartsWithDamagedSnapshot(t *testing.T) {
 	tc.start("n2", 3)
 	want = append(want, appendN(t, nc, "orders", "w", 3)...)
 	tc.converged("orders", want)
+}
+
+// snapshotStopped starts three nodes, appends n records to "orders", has
+// node id take a Raft snapshot and stops it.
+func snapshotStopped(t *testing.T, id string, n int) (*testCluster, *nats.Conn, []string) {
+	t.Helper()
+	tc := newThreeNodes(t)
+	tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "v", n)
+	tc.converged("orders", want)
+	if err := tc.node(id).cluster.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	tc.stop(id)
+	return tc, nc, want
 }
