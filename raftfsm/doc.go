@@ -23,9 +23,12 @@
 // own files, and restart cost does not grow with the data.
 //
 // Snapshots (snapshot.go) are a consistent cut taken on the applying
-// goroutine (each log's lowest and next offset), streamed as a header and
-// the logs' frames; Restore builds the new logs beside the old ones and
-// swaps the directories, finishing an interrupted swap on the next open.
+// goroutine (each log's lowest and next offset). As a stream they are a
+// header and the logs' frames; SnapshotStore (snapstore.go) keeps the
+// node's own snapshots as hard links to the segment files instead, made at
+// the cut, and composes the stream when Raft opens one to send it. Restore
+// builds the new logs beside the old ones and swaps the directories,
+// finishing an interrupted swap on the next open.
 //
 // # Transport
 //
@@ -61,7 +64,8 @@
 //
 //	raft/log/          the LogStore's segments (logcore)
 //	raft/stable        the StableStore's file
-//	raft/snapshots/    raft.FileSnapshotStore
+//	raft/snapshots/    SnapshotStore (raft.FileSnapshotStore's files)
+//	raft/snapshot-links/ the segment files its snapshots link
 //
 // All file access goes through logcore.FS, so tests run the stores on
 // logcore.MemFS and simulate power loss with MemFS.Crash.

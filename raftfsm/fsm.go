@@ -79,6 +79,8 @@ type FSM struct {
 	// Dir/covered; see Covers.
 	covered   atomic.Uint64
 	coveredMu sync.Mutex // serializes writes of Dir/covered
+	// snapSeq numbers the link directories of snapshots.
+	snapSeq atomic.Uint64
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -126,6 +128,10 @@ func OpenFSM(cfg FSMConfig) (*FSM, error) {
 		return nil, fmt.Errorf("raftfsm: finish interrupted restore: %w", err)
 	}
 	if err := f.loadCovered(); err != nil {
+		return nil, err
+	}
+	// Links of snapshots that a crash or stop kept from being persisted.
+	if err := f.fs.RemoveAll(f.path(snapshotLinksDir)); err != nil {
 		return nil, err
 	}
 	if err := f.openLogs(); err != nil {

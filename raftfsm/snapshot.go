@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 
 	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
@@ -49,24 +50,84 @@ type cutSnapshot struct {
 	f      *FSM
 	header snapshotHeader
 	logs   []*logcore.Log
+	// linkDir, if not empty, holds hard links to the logs' store files
+	// made at the cut, and stores lists them per log (see SnapshotStore).
+	linkDir string
+	stores  [][]linkedStore
 }
+
+// snapshotLinksDir holds the links of snapshots taken and not yet
+// persisted: Dir/snapshot.tmp/<n>.
+const snapshotLinksDir = "snapshot.tmp"
 
 // Snapshot captures the cut. Raft calls it on the applying goroutine, so no
 // entry is applied meanwhile; Persist then runs concurrently with Apply.
+// If the file system can hard-link, the cut also links every log's store
+// files (a link per segment), so that a SnapshotStore can keep the
+// snapshot without copying the logs, and retention cannot remove a segment
+// before Persist runs.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion, Applied: f.applied.Load()}}
-	for _, name := range sortedKeys(f.logs) {
-		fl := f.logs[name]
-		s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: fl.log.LowestOffset(), Next: fl.log.NextOffset()})
-		s.logs = append(s.logs, fl.log)
+	names := sortedKeys(f.logs)
+	if _, ok := f.fs.(logcore.Linker); ok {
+		if err := s.link(names); err != nil {
+			f.cfg.Logger.Warn("raftfsm: snapshot: cannot link the logs' files; the snapshot will copy them", "err", err)
+			f.fs.RemoveAll(s.linkDir)
+			s.linkDir, s.stores = "", nil
+			s.header.Logs = nil
+		}
+	}
+	if s.linkDir == "" {
+		for _, name := range names {
+			fl := f.logs[name]
+			s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: fl.log.LowestOffset(), Next: fl.log.NextOffset()})
+		}
+	}
+	for _, name := range names {
+		s.logs = append(s.logs, f.logs[name].log)
 	}
 	return s, nil
 }
 
+// link links the store files of the named logs into a new directory under
+// Dir/snapshot.tmp and records the cut in the header. Callers hold f.mu.
+func (s *cutSnapshot) link(names []string) error {
+	f := s.f
+	s.linkDir = f.path(snapshotLinksDir, strconv.FormatUint(f.snapSeq.Add(1), 10))
+	if err := f.fs.RemoveAll(s.linkDir); err != nil {
+		return err
+	}
+	if err := f.fs.MkdirAll(s.linkDir, 0o755); err != nil {
+		return err
+	}
+	for i, name := range names {
+		fl := f.logs[name]
+		cut, err := fl.log.LinkStores(s.linkDir, strconv.Itoa(i)+"-")
+		if err != nil {
+			return fmt.Errorf("log %s: %w", name, err)
+		}
+		s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: cut.Lowest, Next: cut.Next})
+		files := make([]linkedStore, len(cut.Stores))
+		for j, st := range cut.Stores {
+			files[j] = linkedStore{Name: st.Name, Size: st.Size}
+		}
+		s.stores = append(s.stores, files)
+	}
+	return nil
+}
+
+// linkAdopter is a sink that can keep a snapshot as linked files
+// (SnapshotStore's).
+type linkAdopter interface {
+	adoptLinks(dir string, m linkManifest) (wrote bool, err error)
+}
+
 // Persist writes the snapshot. It first fsyncs the logs: once Raft has the
 // snapshot it may compact its log and will not replay those entries again.
+// A SnapshotStore's sink takes the files linked at the cut and a manifest;
+// any other sink gets the stream of the logs' records.
 func (s *cutSnapshot) Persist(sink raft.SnapshotSink) error {
 	err := s.persist(sink)
 	if err != nil {
@@ -76,7 +137,7 @@ func (s *cutSnapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
-func (s *cutSnapshot) persist(w io.Writer) error {
+func (s *cutSnapshot) persist(sink raft.SnapshotSink) error {
 	for _, l := range s.logs {
 		if err := l.Sync(); err != nil {
 			return fmt.Errorf("raftfsm: snapshot: sync %s: %w", l.Dir(), err)
@@ -87,7 +148,14 @@ func (s *cutSnapshot) persist(w io.Writer) error {
 	if err := s.f.noteCovered(s.header.Applied); err != nil {
 		return fmt.Errorf("raftfsm: snapshot: %w", err)
 	}
-	bw := bufio.NewWriterSize(w, 256<<10)
+	if ls, ok := sink.(linkAdopter); ok && s.linkDir != "" {
+		wrote, err := ls.adoptLinks(s.linkDir, linkManifest{Header: s.header, Stores: s.stores})
+		if wrote || err == nil {
+			return err
+		}
+		s.f.cfg.Logger.Warn("raftfsm: snapshot: cannot keep the linked files; copying the logs", "err", err)
+	}
+	bw := bufio.NewWriterSize(sink, 256<<10)
 	hdr := mustMarshal(s.header)
 	if err := binary.Write(bw, binary.BigEndian, uint32(len(hdr))); err != nil {
 		return err
@@ -104,8 +172,15 @@ func (s *cutSnapshot) persist(w io.Writer) error {
 	return bw.Flush()
 }
 
-// Release is a no-op: the snapshot holds nothing but references.
-func (s *cutSnapshot) Release() {}
+// Release removes the links made at the cut if Persist did not hand them
+// to the snapshot store.
+func (s *cutSnapshot) Release() {
+	if s.linkDir != "" {
+		if err := s.f.fs.RemoveAll(s.linkDir); err != nil {
+			s.f.cfg.Logger.Warn("raftfsm: snapshot: removing links", "dir", s.linkDir, "err", err)
+		}
+	}
+}
 
 // Restore replaces the FSM's state with a snapshot's. The new logs are built
 // under Dir/restore.tmp, marked complete, then swapped in for Dir/logs.

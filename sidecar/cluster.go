@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +31,8 @@ import (
 //	fsm/          the FSM's logs (raftfsm.FSM)
 //	raft/log/     the Raft log (raftfsm.LogStore)
 //	raft/stable   term and vote (raftfsm.StableStore)
-//	raft/snapshots/ raft.FileSnapshotStore
+//	raft/snapshots/ raftfsm.SnapshotStore (raft.FileSnapshotStore's files)
+//	raft/snapshot-links/ the segment files linked by those snapshots
 //
 // Goroutines: run (announcements, bootstrap, leadership changes, membership
 // reconciliation) exits when stop is closed; the applier's rounds exit when
@@ -92,7 +92,7 @@ type raftState struct {
 	fsm    *raftfsm.FSM
 	logs   *raftfsm.LogStore
 	stable *raftfsm.StableStore
-	snaps  *raft.FileSnapshotStore
+	snaps  *raftfsm.SnapshotStore
 }
 
 // openRaftState opens the replicated state under cfg.DataDir. onSync
@@ -136,7 +136,7 @@ func openRaftState(cfg Config, logger *slog.Logger, hl hclog.Logger, onSync func
 	if st.stable, err = raftfsm.OpenStableStore(filepath.Join(dir, "raft", "stable"), nil); err != nil {
 		return nil, fmt.Errorf("open raft stable store: %w", err)
 	}
-	if st.snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "raft"), 2, hl); err != nil {
+	if st.snaps, err = raftfsm.NewSnapshotStore(filepath.Join(dir, "raft"), 2, hl); err != nil {
 		return nil, fmt.Errorf("open raft snapshots: %w", err)
 	}
 	return st, nil
@@ -232,7 +232,7 @@ func (s *Server) startCluster() (err error) {
 // The FSM's files hold it unless a snapshot install from the leader was
 // interrupted (Raft stores the snapshot, then the FSM restores it): then
 // it is restored now. The FSM learns the index Raft starts from.
-func (n *clusterNode) restoreIfBehind(snaps *raft.FileSnapshotStore) error {
+func (n *clusterNode) restoreIfBehind(snaps *raftfsm.SnapshotStore) error {
 	metas, err := snaps.List()
 	if err != nil {
 		return fmt.Errorf("raft snapshots: %w", err)
@@ -241,9 +241,7 @@ func (n *clusterNode) restoreIfBehind(snaps *raft.FileSnapshotStore) error {
 		return nil
 	}
 	newest := metas[0]
-	// The header is at the front of the snapshot's state file; reading it
-	// there spares the full read (and checksum) that snaps.Open does.
-	applied, err := readSnapshotApplied(filepath.Join(n.s.cfg.DataDir, "raft", "snapshots", newest.ID, "state.bin"))
+	applied, err := snaps.ReadApplied(newest.ID)
 	if err != nil {
 		n.s.logger.Warn("natlog: reading the newest raft snapshot's header directly; opening it instead", "snapshot", newest.ID, "err", err)
 		var rc io.ReadCloser
@@ -272,17 +270,6 @@ func (n *clusterNode) restoreIfBehind(snaps *raft.FileSnapshotStore) error {
 	}
 	n.fsm.StartedFrom(newest.Index)
 	return nil
-}
-
-// readSnapshotApplied reads the applied index from the header of a raft
-// FileSnapshotStore state file.
-func readSnapshotApplied(path string) (uint64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	return raftfsm.SnapshotApplied(bufio.NewReader(f))
 }
 
 // raftLogger is hashicorp/raft's logger at level ("off" discards).

@@ -326,6 +326,24 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 	if err != nil || first <= 12 {
 		t.Fatalf("the leader's raft log was not compacted: first index %d, %v", first, err)
 	}
+	// The leader's snapshot links the logs' files: its state file is a
+	// small manifest.
+	raftDir := filepath.Join(tc.node(leader).cfg.DataDir, "raft")
+	snaps, err := os.ReadDir(filepath.Join(raftDir, "snapshots"))
+	if err != nil || len(snaps) == 0 {
+		t.Fatalf("leader's snapshots: %v, %v", snaps, err)
+	}
+	newest := snaps[len(snaps)-1].Name()
+	st, err := os.Stat(filepath.Join(raftDir, "snapshots", newest, "state.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() > 4096 {
+		t.Fatalf("leader's snapshot %s state file has %d bytes, want a small manifest", newest, st.Size())
+	}
+	if links, err := os.ReadDir(filepath.Join(raftDir, "snapshot-links", newest)); err != nil || len(links) == 0 {
+		t.Fatalf("leader's snapshot %s links: %v, %v", newest, links, err)
+	}
 	tc.start(follower, 3)
 	tc.converged("orders", want)
 	if st := tc.node(follower).cluster.raft.Stats(); st["last_snapshot_index"] == "0" {
