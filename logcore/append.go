@@ -216,21 +216,29 @@ func (l *Log) syncTo(end, gen uint64) error {
 			return nil
 		}
 		if ch := l.round; ch != nil {
+			l.roundWaiters++
 			l.roundMu.Unlock()
 			<-ch // a round is running: wait for it, then look again
 			continue
 		}
 		ch := make(chan struct{})
 		l.round = ch
+		woke := l.lastWoke
 		l.roundMu.Unlock()
 
 		// Let the appenders woken by the last round append before this
 		// one flushes: a yield costs microseconds, an fsync hundreds.
-		runtime.Gosched()
+		// With no one else waiting (a single writer, such as a Raft log
+		// or a committer that batches for its callers) the yield would
+		// only delay the fsync, by as long as other goroutines run.
+		if woke > 0 {
+			runtime.Gosched()
+		}
 		err := l.syncRound(gen)
 
 		l.roundMu.Lock()
 		l.round = nil
+		l.lastWoke, l.roundWaiters = l.roundWaiters, 0
 		close(ch)
 		l.roundMu.Unlock()
 		if err != nil {

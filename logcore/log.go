@@ -34,6 +34,10 @@ type Log struct {
 	// commit round ends (nil when none runs).
 	roundMu sync.Mutex
 	round   chan struct{}
+	// roundWaiters counts the goroutines waiting for the running round
+	// (guarded by roundMu); lastWoke is how many the last round woke.
+	roundWaiters int
+	lastWoke     int
 
 	// mu is the writer lock: it guards the active segment's write state,
 	// next, failed and closed.
