@@ -261,8 +261,11 @@ func runCluster(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "recover" {
 		return runClusterRecover(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "step-down" {
+		return runClusterStepDown(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "remove" {
-		return fmt.Errorf("%w: want natlog cluster remove NODE, or natlog cluster recover --data-dir DIR", errUsage)
+		return fmt.Errorf("%w: want natlog cluster remove NODE, natlog cluster step-down [NODE], or natlog cluster recover --data-dir DIR", errUsage)
 	}
 	var c cliConn
 	fs := newFlagSet("cluster remove", "NODE   (remove a member that will not come back; a running node rejoins: stop it first)", stderr)
@@ -284,6 +287,39 @@ func runCluster(args []string, stdout, stderr io.Writer) error {
 		return printJSON(stdout, map[string]string{"removed": pos[0]})
 	}
 	fmt.Fprintf(stdout, "removed %s from the cluster\n", pos[0])
+	return nil
+}
+
+// runClusterStepDown is "natlog cluster step-down [NODE]".
+func runClusterStepDown(args []string, stdout, stderr io.Writer) error {
+	var c cliConn
+	fs := newFlagSet("cluster step-down", "[NODE]   (the leader hands leadership to NODE, or to any other voter)", stderr)
+	c.register(fs)
+	pos, err := c.parse(fs, args, -1, "[NODE]")
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return fmt.Errorf("%w: want at most one NODE, got %q", errUsage, pos)
+	}
+	to := ""
+	if len(pos) == 1 {
+		to = pos[0]
+	}
+	if err := c.connect(c.subjects.Prefix() + ".cluster.stepdown"); err != nil {
+		return err
+	}
+	defer c.close()
+	ctx, cancel := c.context()
+	defer cancel()
+	leader, err := c.cl.StepDown(ctx, to)
+	if err != nil {
+		return c.explain(err)
+	}
+	if c.json {
+		return printJSON(stdout, map[string]string{"leader": leader})
+	}
+	fmt.Fprintf(stdout, "%s leads the cluster\n", leader)
 	return nil
 }
 

@@ -89,6 +89,15 @@ func TestClusterProcessesKill9(t *testing.T) {
 		}
 		return st.AppliedIndex == st.CommitIndex
 	})
+	// An operator moves the leadership back to the restarted node.
+	if out, errOut, code := runCLI(t, ns.URL, "", "cluster", "step-down", leader); code != 0 || out != leader+" leads the cluster\n" {
+		t.Fatalf("natlog cluster step-down %s: exit %d, %q, %q", leader, code, out, errOut)
+	}
+	waitFor(t, 10*time.Second, "the status naming the new leader", func() bool {
+		m, err := nc.Request("natlog.cluster.status", nil, time.Second)
+		var st protocol.ClusterStatus
+		return err == nil && json.Unmarshal(m.Data, &st) == nil && st.Leader == leader
+	})
 	for _, n := range nodes {
 		if code := n.signal(syscall.SIGINT); code != 0 {
 			t.Fatalf("exit %d:\n%s", code, n.out)

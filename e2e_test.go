@@ -56,6 +56,8 @@ func TestCLI(t *testing.T) {
 		{[]string{"create", "audit", "--segment-bytes", "2MiB"}, "", 1, `^$`, `exists with other settings \(status 409`},
 		{[]string{"delete", "audit"}, "", 0, `^audit: deleted\n$`, ""},
 		{[]string{"delete", "audit"}, "", 1, `^$`, `unknown log "audit"`},
+		{[]string{"cluster", "step-down"}, "", 1, `^$`, `no natlog node answers on natlog.cluster.stepdown`},
+		{[]string{"cluster", "step-down", "a", "b"}, "", 2, `^$`, `want at most one NODE`},
 		{[]string{"frobnicate"}, "", 2, `^$`, `unknown command "frobnicate"`},
 		{[]string{"logs", "--prefix", "elsewhere"}, "", 1, `^$`, `no natlog node answers on elsewhere.logs`},
 		{[]string{"version"}, "", 0, `^natlog \S+\n$`, ""},

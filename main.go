@@ -45,7 +45,7 @@ func init() {
 		{"logs", "list the logs", runLogs},
 		{"info", "describe a log: natlog info LOG", runInfo},
 		{"status", "show the cluster status", runStatus},
-		{"cluster", "administer a cluster: natlog cluster remove NODE; natlog cluster recover (quorum lost)", runCluster},
+		{"cluster", "administer a cluster: natlog cluster remove NODE; natlog cluster step-down [NODE]; natlog cluster recover (quorum lost)", runCluster},
 		{"create", "create a log with its own settings: natlog create LOG [--segment-bytes N] ...", runCreate},
 		{"delete", "delete a log and all its records: natlog delete LOG", runDelete},
 		{"bench", "measure natlog and NATS JetStream side by side: natlog bench [--quick] [--chart FILE.png]", runBench},

@@ -10,14 +10,15 @@
 //   - natlog R1: one "natlog serve" with an embedded NATS server.
 //     natlog R3: three nodes ("--cluster bench --bootstrap-expect 3"); n1
 //     embeds NATS and n2, n3 connect to it. Ready when the cluster status
-//     names a leader and every member, and the leader takes a create.
+//     names a leader and every member, leadership has been moved to n1
+//     (natlog cluster step-down n1), and the leader takes a create.
 //   - JetStream R1: one "natlog bench-jetstream-server" (nats-server,
 //     embedded, JetStream file storage). JetStream R3: three of them routed
 //     on loopback, and a stream with Replicas: 3 whose replicas are current
 //     and whose subject takes publishes. The load generator then connects
 //     to the stream leader's server, as it connects to the one NATS server
-//     that natlog's three nodes share: no route hop to the leader for
-//     either system.
+//     that natlog's three nodes share and whose process holds natlog's
+//     leader: no route hop to the leader for either system.
 //
 // Every measurement (one scenario, one system, one round) gets fresh
 // servers in a fresh directory, a fixed log or stream name, a short warm-up

@@ -105,6 +105,20 @@ func (t *natlogTarget) waitReady(ctx context.Context, n int) error {
 
 var errNotReady = errors.New("not ready")
 
+// leadFrom has the cluster's leadership moved to node id (natlog cluster
+// step-down), retrying while an election is under way.
+func (t *natlogTarget) leadFrom(ctx context.Context, id string) error {
+	return retry(ctx, 50*time.Millisecond, func() error {
+		sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		leader, err := t.cl.StepDown(sctx, id)
+		if err == nil && leader != id {
+			return fmt.Errorf("%w: step-down to %s left %s leading", errNotReady, id, leader)
+		}
+		return err
+	}, func(err error) bool { return errors.Is(err, errNotReady) || natlogNotReady(err) })
+}
+
 // Setup creates the log; the create subject is served by the leader only,
 // so its success also means the leader takes appends.
 func (t *natlogTarget) Setup(ctx context.Context) error {

@@ -219,7 +219,7 @@ func notes(cfg *Config, runJS bool) []string {
 		"batch: natlog one msgpack batch append per request; JetStream an atomic batch publish (Nats-Batch-Id headers; nats.go v1.55 has no call for it), one commit request per batch.",
 		"window: natlog client AppendAsync with " + fmt.Sprint(cfg.Window) + " pending (queued records go out as batches, one request in flight per log); JetStream PublishMsgAsync with max pending " + fmt.Sprint(cfg.Window) + ".",
 		"read: natlog client Read (R3: with WithPreferredNode(n1), the node in the process of the NATS server the load generator is connected to); JetStream direct get (answered by the replica on the server the load generator is connected to). fetch: natlog client Fetch of " + fmt.Sprint(cfg.ReadMax) + " in order; JetStream an ordered consumer's Fetch(" + fmt.Sprint(cfg.ReadMax) + "). consume: natlog client Consume; JetStream an ordered consumer's Consume callback.",
-		"R3: natlog's three nodes share n1's embedded NATS server, where the load generator connects; JetStream's load generator connects to the stream leader's server (no route hop to the leader for either).",
+		"R3: natlog's three nodes share n1's embedded NATS server, where the load generator connects, and n1 leads (natlog cluster step-down n1 after the election); JetStream's load generator connects to the stream leader's server (no route hop to the leader for either).",
 		"Server CPU seconds and peak RSS cover each measurement's servers over their whole lives (start, setup, prefill, warmup, measurement, stop), summed over the processes (3 for R3): fresh servers per system per round.",
 	}
 	if cfg.ServerURL != "" {

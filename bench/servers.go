@@ -237,6 +237,18 @@ func startNatlog(ctx context.Context, bin, workDir string, replicas int, fsync s
 		}
 		return nil, err
 	}
+	if replicas > 1 {
+		// n1 leads: the node in the process of the NATS server the load
+		// generator uses, as JetStream's load generator talks to the
+		// stream leader's server. Wherever the election put the leader,
+		// move it there.
+		if err := t.leadFrom(ctx, "n1"); err != nil {
+			if f := s.failed(); f != nil {
+				err = f
+			}
+			return nil, err
+		}
+	}
 	return s, nil
 }
 

@@ -416,3 +416,24 @@ func (c *Client) RemoveNode(ctx context.Context, id string) error {
 	})
 	return err
 }
+
+// StepDown has the cluster's leader hand its leadership to the voter to,
+// or to any other voter if to is empty (before maintenance of the leader's
+// machine, or to move the leader next to the NATS server the clients use),
+// and returns the new leader. An untargeted step-down is not idempotent:
+// a retry may move the leadership again.
+func (c *Client) StepDown(ctx context.Context, to string) (string, error) {
+	m, err := c.do(ctx, "stepdown", "", false, 10*time.Second, func(int) *nats.Msg {
+		return &nats.Msg{Subject: c.subjects.Prefix() + ".cluster.stepdown", Data: []byte(to)}
+	})
+	if err != nil {
+		return "", err
+	}
+	var r struct {
+		Leader string `json:"leader"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return "", &Error{Op: "stepdown", Err: fmt.Errorf("reply: %w", err)}
+	}
+	return r.Leader, nil
+}

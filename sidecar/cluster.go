@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,7 @@ type clusterNode struct {
 
 	announceSubject string
 	leaveSubject    string
+	stepDownSubject string
 	announceSub     *nats.Subscription
 
 	applier applier
@@ -170,6 +172,7 @@ func (s *Server) startCluster() (err error) {
 	n.metrics = s.metrics.registerCluster(n)
 	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
 	n.leaveSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".leave"
+	n.stepDownSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".stepdown"
 	s.cluster = n
 	hl := raftLogger(cfg.RaftLogLevel, s.nodeID)
 	st, err := openRaftState(s.cfg, s.logger, hl, s.metrics.onSync)
@@ -581,6 +584,103 @@ func (n *clusterNode) onLeave(m *nats.Msg) {
 		}
 		reply(err)
 	}()
+}
+
+// onStepDown serves <prefix>._cluster.<name>.stepdown on the leader: it
+// hands leadership to the voter named in the body, or to any voter if the
+// body is empty, and answers "ok" once it no longer leads (or "error: ...").
+func (n *clusterNode) onStepDown(m *nats.Msg) {
+	to := string(m.Data)
+	reply := func(err error) {
+		if m.Reply == "" {
+			return
+		}
+		switch {
+		case errors.Is(err, errStepDownTarget):
+			m.Respond([]byte("invalid: " + err.Error()))
+		case err != nil:
+			m.Respond([]byte("error: " + err.Error()))
+		default:
+			m.Respond([]byte("ok"))
+		}
+	}
+	if n.raft.State() != raft.Leader {
+		reply(raft.ErrNotLeader)
+		return
+	}
+	if to == "" {
+		go func() { reply(n.raft.LeadershipTransfer().Error()) }()
+		return
+	}
+	if to == n.id {
+		reply(nil) // already leads
+		return
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		reply(err)
+		return
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) != to {
+			continue
+		}
+		if srv.Suffrage != raft.Voter {
+			reply(fmt.Errorf("%w: %s is not a voter; only voters can lead", errStepDownTarget, to))
+			return
+		}
+		go func() { reply(n.raft.LeadershipTransferToServer(srv.ID, srv.Address).Error()) }()
+		return
+	}
+	reply(fmt.Errorf("%w: %s is not a member of the cluster", errStepDownTarget, to))
+}
+
+// errStepDownTarget: the node named to take over leadership cannot.
+var errStepDownTarget = errors.New("cannot lead")
+
+// stepDownTargetError is the leader's errStepDownTarget, as its text came
+// back.
+type stepDownTargetError string
+
+func (e stepDownTargetError) Error() string        { return string(e) }
+func (e stepDownTargetError) Is(target error) bool { return target == errStepDownTarget }
+
+// stepDown has the leader hand leadership to the voter to (any voter if
+// to is empty) and waits until this node sees a leader that the request
+// allows: to, or any other than the old one. It returns the new leader.
+func (n *clusterNode) stepDown(to string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	old := ""
+	if _, id := n.raft.LeaderWithID(); id != "" {
+		old = string(id)
+	}
+	asked := false
+	for !asked {
+		m, err := n.rnc.Request(n.stepDownSubject, []byte(to), min(time.Until(deadline), n.cfg.ApplyTimeout))
+		switch {
+		case err == nil && string(m.Data) == "ok":
+			asked = true
+		case err == nil && strings.HasPrefix(string(m.Data), "invalid: "):
+			return "", stepDownTargetError(strings.TrimPrefix(string(m.Data), "invalid: "))
+		case err == nil:
+			return "", errors.New(strings.TrimPrefix(string(m.Data), "error: "))
+		case time.Now().After(deadline):
+			return "", fmt.Errorf("no leader answered: %w", err)
+		default:
+			// No leader right now (an election): try again.
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for {
+		if _, id := n.raft.LeaderWithID(); id != "" && (string(id) == to || (to == "" && string(id) != old)) {
+			return string(id), nil
+		}
+		if time.Now().After(deadline) {
+			_, id := n.raft.LeaderWithID()
+			return string(id), fmt.Errorf("leadership was handed over, but this node sees leader %q", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // removeMember asks the leader to remove id from the configuration.

@@ -494,7 +494,8 @@ func (s *Server) subscribeLeaderEndpoints() ([]*nats.Subscription, error) {
 	}
 	for subj, h := range map[string]nats.MsgHandler{
 		s.subjects.Prefix() + "._cluster." + n.cfg.Name + ".commit": n.onCommitIndex,
-		n.leaveSubject: n.onLeave,
+		n.leaveSubject:    n.onLeave,
+		n.stepDownSubject: n.onStepDown,
 	} {
 		sub, err := n.rnc.QueueSubscribe(subj, queueGroup, h)
 		if err != nil {

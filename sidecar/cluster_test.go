@@ -766,3 +766,60 @@ func snapshotStopped(t *testing.T, id string, n int) (*testCluster, *nats.Conn, 
 	tc.stop(id)
 	return tc, nc, want
 }
+
+// TestClusterStepDown: the leader hands leadership to the voter named, or
+// to any other voter; appends follow the new leader; a target that cannot
+// lead is refused and the leader stays.
+func TestClusterStepDown(t *testing.T) {
+	tc := newThreeNodes(t)
+	old := tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "a", 3)
+	to := "n1"
+	if to == old {
+		to = "n2"
+	}
+	stepDown := func(target string) *nats.Msg {
+		t.Helper()
+		m, err := nc.Request("natlog.cluster.stepdown", []byte(target), 15*time.Second)
+		if err != nil {
+			t.Fatalf("step down to %q: %v", target, err)
+		}
+		return m
+	}
+	m := stepDown(to)
+	wantOK(t, m)
+	var r struct {
+		Leader string `json:"leader"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Leader != to {
+		t.Fatalf("step down to %s: reply %s (%v)", to, m.Data, err)
+	}
+	if got := tc.leader(); got != to {
+		t.Fatalf("leader after step-down to %s is %s", to, got)
+	}
+	want = append(want, appendN(t, nc, "orders", "b", 3)...)
+
+	// Untargeted: some other voter takes over.
+	m = stepDown("")
+	wantOK(t, m)
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Leader == "" || r.Leader == to {
+		t.Fatalf("untargeted step down from %s: reply %s (%v)", to, m.Data, err)
+	}
+	want = append(want, appendN(t, nc, "orders", "c", 3)...)
+	tc.converged("orders", want)
+
+	// Targets that cannot lead; the leader stays.
+	leader := tc.leader()
+	wantError(t, stepDown("nobody"), protocol.ErrBadRequest)
+	wantError(t, stepDown("bad id!"), protocol.ErrBadRequest)
+	if got := tc.leader(); got != leader {
+		t.Fatalf("a refused step-down moved the leadership from %s to %s", leader, got)
+	}
+	// Asking for the current leader is a no-op.
+	m = stepDown(leader)
+	wantOK(t, m)
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Leader != leader {
+		t.Fatalf("step down to the leader %s: reply %s (%v)", leader, m.Data, err)
+	}
+}

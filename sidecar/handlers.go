@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -325,5 +326,33 @@ func (s *Server) handleRemove(c *call) {
 			return
 		}
 		c.replyJSON(map[string]any{"removed": id})
+	})
+}
+
+// handleStepDown serves <prefix>.cluster.stepdown: the leader hands its
+// leadership to the voter named in the body, or to any other voter if the
+// body is empty (maintenance, or moving the leader next to the clients).
+// Any node forwards it to the leader. The reply names the new leader.
+func (s *Server) handleStepDown(c *call) {
+	to := strings.TrimSpace(string(c.req.Data()))
+	if to != "" && !protocol.ValidLogName(to) {
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "bad node id %q: want 1 to 128 characters from [A-Za-z0-9_-]", to))
+		return
+	}
+	if s.cluster == nil {
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "this node is not in cluster mode"))
+		return
+	}
+	c.goAsync(func() {
+		leader, err := s.cluster.stepDown(to, 10*time.Second)
+		switch {
+		case errors.Is(err, errStepDownTarget):
+			c.fail(protocol.Errorf(protocol.ErrBadRequest, "step down: %v", err))
+			return
+		case err != nil:
+			c.fail(protocol.Errorf(protocol.ErrUnavailable, "step down: %v", err))
+			return
+		}
+		c.replyJSON(map[string]any{"leader": leader})
 	})
 }

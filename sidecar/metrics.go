@@ -27,12 +27,13 @@ const (
 	opHTTPAppend
 	opHTTPRead
 	opRemove
+	opStepDown
 	numOps
 )
 
 var opNames = [numOps]string{
 	"append", "append_batch", "read", "read_batch", "info", "logs", "status", "create", "delete",
-	"http_append", "http_read", "cluster_remove",
+	"http_append", "http_read", "cluster_remove", "cluster_stepdown",
 }
 
 // outcome classifies a request's result, the "outcome" label.

@@ -59,6 +59,7 @@ func (s *Server) addService() error {
 		{"logs", s.subjects.Logs(), opLogs, s.handleLogs},
 		{"status", s.subjects.Status(), opStatus, s.handleStatus},
 		{"remove", s.subjects.Prefix() + ".cluster.remove", opRemove, s.handleRemove},
+		{"stepdown", s.subjects.Prefix() + ".cluster.stepdown", opStepDown, s.handleStepDown},
 		{"node_read", s.nodeSubjects.Wildcard(protocol.OpRead), opRead, s.handleRead},
 		{"node_status", s.nodeSubjects.Status(), opStatus, s.handleStatus},
 	}
@@ -66,7 +67,7 @@ func (s *Server) addService() error {
 		if s.cluster != nil && (ep.op == opAppend || ep.op == opCreate || ep.op == opDelete) {
 			continue // the leader subscribes these while it leads
 		}
-		if s.cluster == nil && ep.op == opRemove {
+		if s.cluster == nil && (ep.op == opRemove || ep.op == opStepDown) {
 			continue // a standalone node has no members
 		}
 		err := svc.AddEndpoint(ep.name, s.handler(ep.op, ep.h),
