@@ -43,14 +43,17 @@ type StoreCut struct {
 
 // LinkStores hard-links the store file of every segment into dir (which
 // must exist; the links are named prefix + the segment's file name) and
-// returns the cut: which bytes of each file hold the records below
-// NextOffset. The bytes below the cut never change afterwards (sealed
-// segments are final and appends only add to the active one), but records
-// still in the write buffer reach the files only with the next Sync: call
-// Sync, and SyncDir(dir), before relying on the links. Retention and
-// truncation wait until it returns, so it never links half a log; appends
-// may go on meanwhile and are not in the cut if they had not returned when
-// it began. It fails with ErrLinkUnsupported if the FS cannot hard-link.
+// returns the cut: which bytes of each file hold the records appended so
+// far (Next is the next append's offset; it includes appends still waiting
+// for their fsync, so it may be above NextOffset). Sealed segments are final
+// and appends only add to the active one, so the bytes below the cut do not
+// change afterwards, unless TruncateFrom cuts below it: it truncates the
+// same files, and later appends write other records at those positions
+// (Reset removes the files, which leaves the links intact). Records still
+// in the write buffer reach the files only with the next Sync: call Sync,
+// and SyncDir(dir), before relying on the links. Retention and truncation
+// wait until it returns, so it never links half a log. It fails with
+// ErrLinkUnsupported if the FS cannot hard-link.
 func (l *Log) LinkStores(dir, prefix string) (StoreCut, error) {
 	linker, ok := l.fs.(Linker)
 	if !ok {

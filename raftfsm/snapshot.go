@@ -148,12 +148,26 @@ func (s *cutSnapshot) persist(sink raft.SnapshotSink) error {
 	if err := s.f.noteCovered(s.header.Applied); err != nil {
 		return fmt.Errorf("raftfsm: snapshot: %w", err)
 	}
-	if ls, ok := sink.(linkAdopter); ok && s.linkDir != "" {
-		wrote, err := ls.adoptLinks(s.linkDir, linkManifest{Header: s.header, Stores: s.stores})
-		if wrote || err == nil {
+	if s.linkDir != "" {
+		m := linkManifest{Header: s.header, Stores: s.stores}
+		if ls, ok := sink.(linkAdopter); ok {
+			wrote, err := ls.adoptLinks(s.linkDir, m)
+			if wrote || err == nil {
+				return err
+			}
+			s.f.cfg.Logger.Warn("raftfsm: snapshot: cannot keep the linked files; copying them", "err", err)
+		}
+		// Copy from the links, which hold the cut even if retention has
+		// removed segments from the logs since.
+		if _, err := os.Stat(s.linkDir); err == nil {
+			lr, err := newLinkReader(s.linkDir, m)
+			if err != nil {
+				return err
+			}
+			defer lr.Close()
+			_, err = io.Copy(sink, lr)
 			return err
 		}
-		s.f.cfg.Logger.Warn("raftfsm: snapshot: cannot keep the linked files; copying the logs", "err", err)
 	}
 	bw := bufio.NewWriterSize(sink, 256<<10)
 	hdr := mustMarshal(s.header)

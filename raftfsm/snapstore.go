@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -164,9 +166,14 @@ func readManifest(r io.Reader) (linkManifest, error) {
 	if n > maxManifest {
 		return m, fmt.Errorf("manifest of %d bytes", n)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
+	// Read what is there rather than trusting the length with an
+	// allocation: ReadApplied reads the file without its checksum.
+	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err != nil {
 		return m, fmt.Errorf("manifest: %w", err)
+	}
+	if len(b) != int(n) {
+		return m, fmt.Errorf("manifest: %w", io.ErrUnexpectedEOF)
 	}
 	if err := msgpack.Unmarshal(b, &m); err != nil {
 		return m, fmt.Errorf("manifest: %w", err)
@@ -210,32 +217,39 @@ func (s *SnapshotStore) release(id string) {
 }
 
 // reap removes the link directories of snapshots the inner store no longer
-// keeps, except those in use.
+// has (neither finished nor being written), except those in use. It decides
+// by the snapshot directories themselves, not by List, so that a snapshot
+// committed meanwhile, or one whose metadata could not be read just now,
+// keeps its links.
 func (s *SnapshotStore) reap() {
-	metas, err := s.inner.List()
-	if err != nil {
-		s.log.Warn("raftfsm: listing snapshots to remove old links", "error", err)
-		return
-	}
-	keep := map[string]bool{}
-	for _, m := range metas {
-		keep[m.ID] = true
-	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	entries, err := os.ReadDir(s.links)
 	if err != nil {
 		s.log.Warn("raftfsm: listing snapshot links", "error", err)
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, e := range entries {
-		if keep[e.Name()] || s.inUse[e.Name()] > 0 {
+		id := e.Name()
+		if s.inUse[id] > 0 || s.snapshotMayExist(id) {
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(s.links, e.Name())); err != nil {
-			s.log.Warn("raftfsm: removing old snapshot links", "dir", e.Name(), "error", err)
+		if err := os.RemoveAll(filepath.Join(s.links, id)); err != nil {
+			s.log.Warn("raftfsm: removing old snapshot links", "dir", id, "error", err)
 		}
 	}
+}
+
+// snapshotMayExist reports whether the inner store has snapshot id, being
+// written (<id>.tmp, looked at first: committing renames it to <id>) or
+// done. An error other than "does not exist" counts as yes.
+func (s *SnapshotStore) snapshotMayExist(id string) bool {
+	for _, name := range []string{id + ".tmp", id} {
+		if _, err := os.Lstat(filepath.Join(s.dir, "snapshots", name)); !errors.Is(err, fs.ErrNotExist) {
+			return true
+		}
+	}
+	return false
 }
 
 // linkSink is the sink of one snapshot being created.
@@ -248,69 +262,71 @@ type linkSink struct {
 
 // adoptLinks makes the files linked in dir this snapshot's (moving dir
 // into the store) and writes the manifest as its state. If it fails before
-// writing anything (wrote is false), the links are dropped and the caller
-// may still write the snapshot as a stream.
+// writing anything (wrote is false) the caller may still write the
+// snapshot as a stream; the links are then in dir again, if they could be
+// put back.
 func (k *linkSink) adoptLinks(dir string, m linkManifest) (wrote bool, err error) {
 	id := k.ID()
 	dst := filepath.Join(k.store.links, id)
-	k.store.acquire(id)
-	k.linked = true
+	if !k.linked {
+		k.store.acquire(id)
+		k.linked = true
+	}
 	if err := os.RemoveAll(dst); err != nil {
 		return false, err
 	}
 	if err := os.Rename(dir, dst); err != nil {
 		return false, err
 	}
-	syncDir := func(d string) error {
-		f, err := os.Open(d)
-		if err != nil {
-			return err
-		}
-		err = f.Sync()
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	}
 	if err := syncDir(dst); err != nil {
-		os.RemoveAll(dst)
+		os.Rename(dst, dir)
 		return false, err
 	}
 	if err := syncDir(k.store.links); err != nil {
-		os.RemoveAll(dst)
+		os.Rename(dst, dir)
 		return false, err
 	}
 	_, err = k.Write(encodeManifest(m))
 	return true, err
 }
 
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // Close finishes the snapshot and removes links no snapshot needs.
 func (k *linkSink) Close() error {
 	err := k.SnapshotSink.Close()
-	k.finish(err != nil)
+	k.finish()
 	return err
 }
 
 // Cancel abandons the snapshot and its links.
 func (k *linkSink) Cancel() error {
 	err := k.SnapshotSink.Cancel()
-	k.finish(true)
+	k.finish()
 	return err
 }
 
-func (k *linkSink) finish(failed bool) {
+// finish releases the snapshot's links and reaps: the links of a snapshot
+// that was not committed go (its directory is gone); those of one that
+// was stay, even if Close failed after committing it.
+func (k *linkSink) finish() {
 	if k.done {
 		return
 	}
 	k.done = true
-	if !k.linked {
-		return
+	if k.linked {
+		k.store.release(k.ID())
 	}
-	id := k.ID()
-	if failed {
-		os.RemoveAll(filepath.Join(k.store.links, id))
-	}
-	k.store.release(id)
 	k.store.reap()
 }
 
@@ -323,10 +339,10 @@ type bufReadCloser struct {
 func (b *bufReadCloser) Close() error { return b.c.Close() }
 
 // linkReader streams a linked snapshot: the header, then each linked file's
-// first Size bytes. It holds the snapshot's link directory in use until
-// closed, and opens one file at a time.
+// first Size bytes, opening one file at a time. One opened from the store
+// holds the snapshot's link directory in use until closed.
 type linkReader struct {
-	store *SnapshotStore
+	store *SnapshotStore // nil: not the store's
 	id    string
 	dir   string
 	parts []linkedStore
@@ -338,17 +354,30 @@ type linkReader struct {
 	closed bool
 }
 
-func (s *SnapshotStore) newLinkReader(id string, m linkManifest) (*linkReader, error) {
+// newLinkReader reads the snapshot of manifest m whose files are in dir.
+func newLinkReader(dir string, m linkManifest) (*linkReader, error) {
 	hdr := mustMarshal(m.Header)
 	head := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(hdr)), uint32(len(hdr)))
 	head = append(head, hdr...)
-	r := &linkReader{store: s, id: id, dir: filepath.Join(s.links, id), head: head, size: int64(len(head))}
+	r := &linkReader{dir: dir, head: head, size: int64(len(head))}
 	for _, files := range m.Stores {
 		for _, f := range files {
+			if r.size > math.MaxInt64-f.Size {
+				return nil, fmt.Errorf("manifest: files of more than %d bytes", int64(math.MaxInt64))
+			}
 			r.parts = append(r.parts, f)
 			r.size += f.Size
 		}
 	}
+	return r, nil
+}
+
+func (s *SnapshotStore) newLinkReader(id string, m linkManifest) (*linkReader, error) {
+	r, err := newLinkReader(filepath.Join(s.links, id), m)
+	if err != nil {
+		return nil, err
+	}
+	r.store, r.id = s, id
 	s.acquire(id)
 	// The link directory must exist: a missing one means the snapshot
 	// cannot be served, which is better said at once.
@@ -391,7 +420,7 @@ func (r *linkReader) Read(p []byte) (int, error) {
 	r.left -= int64(n)
 	if errors.Is(err, io.EOF) {
 		if r.left > 0 {
-			return n, fmt.Errorf("raftfsm: snapshot %s: linked file %s ends %d bytes early: %w", r.id, r.cur.Name(), r.left, io.ErrUnexpectedEOF)
+			return n, fmt.Errorf("raftfsm: snapshot %s: linked file %s ends %d bytes early: %w", r.dir, r.cur.Name(), r.left, io.ErrUnexpectedEOF)
 		}
 		err = nil
 	}
@@ -406,7 +435,9 @@ func (r *linkReader) Close() error {
 	if r.cur != nil {
 		r.cur.Close()
 	}
-	r.store.release(r.id)
-	r.store.reap() // its snapshot may have gone meanwhile
+	if r.store != nil {
+		r.store.release(r.id)
+		r.store.reap() // its snapshot may have gone meanwhile
+	}
 	return nil
 }

@@ -214,7 +214,9 @@ func TestSnapshotStoreDamagedLinkedSnapshot(t *testing.T) {
 	}
 	id := takeSnapshot(t, f, store, 200)
 
-	// A linked file cut short: reading fails, no restore happens.
+	// A linked file cut short: reading fails, no restore happens. (The
+	// link is the FSM's own segment file, so f's log is damaged too; f is
+	// not used again.)
 	links := filepath.Join(root, "raft", linkDirName, id)
 	entries, err := os.ReadDir(links)
 	must(t, err)
@@ -281,5 +283,91 @@ func TestFSMDropsUnpersistedLinksOnOpen(t *testing.T) {
 	}
 	if got := values(t, f, "a"); len(got) != 50 {
 		t.Fatalf("a has %d records after reopen, want 50", len(got))
+	}
+}
+
+func TestSnapshotStoreReapKeepsLinksOfSnapshotsOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	store, err := NewSnapshotStore(dir, 2, nil)
+	must(t, err)
+	links := filepath.Join(dir, linkDirName)
+	for _, id := range []string{"1-10-1", "1-20-2", "1-30-3"} {
+		must(t, os.Mkdir(filepath.Join(links, id), 0o755))
+	}
+	// 1-10-1 is being written, 1-20-2 is committed (whether or not List
+	// could read it), 1-30-3 is gone.
+	must(t, os.Mkdir(filepath.Join(dir, "snapshots", "1-10-1.tmp"), 0o755))
+	must(t, os.Mkdir(filepath.Join(dir, "snapshots", "1-20-2"), 0o755))
+	store.reap()
+	entries, err := os.ReadDir(links)
+	must(t, err)
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	if fmt.Sprint(got) != "[1-10-1 1-20-2]" {
+		t.Fatalf("links after reap: %v, want those of the snapshot being written and of the committed one", got)
+	}
+}
+
+func TestSnapshotStoreReceivedSnapshotsReapOldLinks(t *testing.T) {
+	root := t.TempDir()
+	f := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
+	defer f.Close()
+	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
+	must(t, err)
+	for i := 1; i <= 50; i++ {
+		f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
+	}
+	own := takeSnapshot(t, f, store, 50)
+	stream := openSnapshot(t, store, own)
+	// Two snapshots received from a leader push the node's own one out.
+	for _, index := range []uint64{60, 70} {
+		sink, err := store.Create(raft.SnapshotVersionMax, index, 2, raft.Configuration{}, 1, nil)
+		must(t, err)
+		_, err = sink.Write(stream)
+		must(t, err)
+		must(t, sink.Close())
+	}
+	if _, err := os.Stat(filepath.Join(root, "raft", linkDirName, own)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("links of the dropped snapshot %s: %v, want them removed", own, err)
+	}
+}
+
+func TestSnapshotPersistCopiesFromLinksWhenTheStoreCannotKeepThem(t *testing.T) {
+	root := t.TempDir()
+	src := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
+	defer src.Close()
+	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
+	must(t, err)
+	for i := 1; i <= 300; i++ {
+		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
+	}
+	want := values(t, src, "a")
+	snap, err := src.Snapshot()
+	must(t, err)
+	// Retention after the cut: the logs no longer hold its first records.
+	for i := 301; i <= 400; i++ {
+		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
+	}
+	must(t, src.Log("a").TruncateBefore(350))
+	// The store cannot take the links: its link directory is a file.
+	links := filepath.Join(root, "raft", linkDirName)
+	must(t, os.RemoveAll(links))
+	must(t, os.WriteFile(links, nil, 0o644))
+	id := persistSnapshot(t, snap, store, 300)
+
+	stream := openSnapshot(t, store, id)
+	if _, err := store.ReadApplied(id); err != nil {
+		t.Fatal(err)
+	}
+	dst := openFSM(t, fsmConfig(t.TempDir(), logcore.OSFS{}))
+	defer dst.Close()
+	must(t, dst.Restore(io.NopCloser(bytes.NewReader(stream))))
+	if got := values(t, dst, "a"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("snapshot copied from the links has %d records, want the %d of the cut", len(got), len(want))
+	}
+	if left, _ := os.ReadDir(filepath.Join(root, "fsm", snapshotLinksDir)); len(left) != 0 {
+		t.Fatalf("links left behind after Release: %v", left)
 	}
 }

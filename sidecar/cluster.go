@@ -55,6 +55,7 @@ type clusterNode struct {
 	reconciles atomic.Uint64
 	metrics    *clusterMetrics
 	stable     *raftfsm.StableStore
+	snaps      *raftfsm.SnapshotStore
 	trans      *raft.NetworkTransport
 
 	announceSubject string
@@ -179,7 +180,7 @@ func (s *Server) startCluster() (err error) {
 	if err != nil {
 		return err
 	}
-	n.fsm, n.logs, n.stable = st.fsm, st.logs, st.stable
+	n.fsm, n.logs, n.stable, n.snaps = st.fsm, st.logs, st.stable, st.snaps
 	snaps := st.snaps
 	if n.rnc, err = connect(s.cfg, s.ns, s.nodeID+" raft", s.logger); err != nil {
 		return fmt.Errorf("raft NATS connection: %w", err)

@@ -329,11 +329,11 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 	// The leader's snapshot links the logs' files: its state file is a
 	// small manifest.
 	raftDir := filepath.Join(tc.node(leader).cfg.DataDir, "raft")
-	snaps, err := os.ReadDir(filepath.Join(raftDir, "snapshots"))
-	if err != nil || len(snaps) == 0 {
-		t.Fatalf("leader's snapshots: %v, %v", snaps, err)
+	metas, err := tc.node(leader).cluster.snaps.List()
+	if err != nil || len(metas) == 0 {
+		t.Fatalf("leader's snapshots: %v, %v", metas, err)
 	}
-	newest := snaps[len(snaps)-1].Name()
+	newest := metas[0].ID
 	st, err := os.Stat(filepath.Join(raftDir, "snapshots", newest, "state.bin"))
 	if err != nil {
 		t.Fatal(err)
