@@ -823,3 +823,52 @@ func TestClusterStepDown(t *testing.T) {
 		t.Fatalf("step down to the leader %s: reply %s (%v)", leader, m.Data, err)
 	}
 }
+
+// TestClusterFiveVotersSurviveTwoLosses: five voters (--voters 5,
+// --bootstrap-expect 5) keep serving after losing two of them, the leader
+// among them; the two come back and catch up.
+func TestClusterFiveVotersSurviveTwoLosses(t *testing.T) {
+	tc := newTestCluster(t)
+	tc.tweak = func(c *Config) { c.Cluster.Voters = 5 }
+	ids := []string{"n1", "n2", "n3", "n4", "n5"}
+	for _, id := range ids {
+		tc.start(id, 5)
+	}
+	leader := tc.leader()
+	eventually(t, 20*time.Second, "five voters", func() bool {
+		voters := 0
+		for _, id := range ids {
+			if p, ok := tc.peer(id); ok && p.Role == "voter" {
+				voters++
+			}
+		}
+		return voters == 5
+	})
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "a", 5)
+	tc.converged("orders", want)
+
+	// Lose the leader and one follower: three of five remain, a majority.
+	other := "n1"
+	if other == leader {
+		other = "n2"
+	}
+	tc.stop(leader)
+	tc.stop(other)
+	if next := tc.leader(); next == leader || next == other {
+		t.Fatalf("leader %s after stopping %s and %s", next, leader, other)
+	}
+	for i := range 5 {
+		v := "b-" + strconv.Itoa(i)
+		if _, err := appendRetry(t, nc, "orders", v, v); err != nil {
+			t.Fatalf("append with 3 of 5 voters: %v", err)
+		}
+		want = append(want, v)
+	}
+	tc.converged("orders", want)
+
+	tc.start(leader, 5)
+	tc.start(other, 5)
+	want = append(want, appendN(t, nc, "orders", "c", 5)...)
+	tc.converged("orders", want)
+}
