@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -274,14 +273,6 @@ func (n *clusterNode) restoreIfBehind(snaps *raftfsm.SnapshotStore) error {
 	}
 	n.fsm.StartedFrom(newest.Index)
 	return nil
-}
-
-// raftLogger is hashicorp/raft's logger at level ("off" discards).
-func raftLogger(level, node string) hclog.Logger {
-	if level == "off" || level == "" {
-		return hclog.NewNullLogger()
-	}
-	return hclog.New(&hclog.LoggerOptions{Name: "raft " + node, Level: hclog.LevelFromString(level), Output: os.Stderr})
 }
 
 // run announces the node, bootstraps if it should, follows leadership

@@ -1,0 +1,39 @@
+package sidecar
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+func TestRaftQuietLowersNormalErrors(t *testing.T) {
+	var buf bytes.Buffer
+	l := hclog.Logger(raftQuiet{hclog.New(&hclog.LoggerOptions{Name: "raft n1", Level: hclog.Info, Output: &buf})})
+	l.Error("peer has newer term, stopping replication", "peer", "n2")
+	l.Named("net").Error("failed to decode incoming command", "error", errors.New("use of closed network connection"))
+	l.With("x", 1).Error("failed to flush response", "error", errors.New("raftfsm: raft connection closed by peer"))
+	l.Error("failed to decode incoming command", "error", errors.New("msgpack decode error"))
+	l.Log(hclog.Error, "failed to appendEntries to", "peer", "n3", "error", errors.New("timeout"))
+	l.Warn("no known peers, aborting election")
+	l.Warn("failed to get previous log", "previous-index", 1, "last-index", 0, "error", errors.New("log not found"))
+	l.Warn("failed to contact", "server-id", "n3")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("logged %d lines, want 6 (closed connections at debug):\n%s", len(lines), buf.String())
+	}
+	for i, want := range []string{
+		"[INFO]  raft n1: peer has newer term",
+		"[ERROR] raft n1: failed to decode incoming command: error=\"msgpack decode error\"",
+		"[ERROR] raft n1: failed to appendEntries to",
+		"[INFO]  raft n1: no known peers",
+		"[INFO]  raft n1: failed to get previous log",
+		"[WARN]  raft n1: failed to contact",
+	} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d = %q, want it to contain %q", i, lines[i], want)
+		}
+	}
+}
