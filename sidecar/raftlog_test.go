@@ -5,13 +5,14 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
 
 func TestRaftQuietLowersNormalErrors(t *testing.T) {
 	var buf bytes.Buffer
-	l := hclog.Logger(raftQuiet{hclog.New(&hclog.LoggerOptions{Name: "raft n1", Level: hclog.Info, Output: &buf})})
+	l := hclog.Logger(raftQuiet{hclog.New(&hclog.LoggerOptions{Name: "raft n1", Level: hclog.Info, Output: &buf}), nil})
 	l.Error("peer has newer term, stopping replication", "peer", "n2")
 	l.Named("net").Error("failed to decode incoming command", "error", errors.New("use of closed network connection"))
 	l.With("x", 1).Error("failed to flush response", "error", errors.New("raftfsm: raft connection closed by peer"))
@@ -35,5 +36,33 @@ func TestRaftQuietLowersNormalErrors(t *testing.T) {
 		if !strings.Contains(lines[i], want) {
 			t.Errorf("line %d = %q, want it to contain %q", i, lines[i], want)
 		}
+	}
+}
+
+func TestRaftQuietDropsRepeatedPeerErrors(t *testing.T) {
+	var buf bytes.Buffer
+	rep := newRepeats(time.Hour)
+	l := hclog.Logger(raftQuiet{hclog.New(&hclog.LoggerOptions{Name: "raft n1", Level: hclog.Info, Output: &buf}), rep})
+	unreachable := errors.New("raftfsm: raft node unreachable over NATS")
+	for range 5 {
+		l.Error("failed to heartbeat to", "peer", "n3", "backoff time", "10ms", "error", unreachable)
+		l.Named("x").Error("failed to heartbeat to", "peer", "n2", "error", unreachable)
+	}
+	l.Error("failed to decode incoming command", "error", errors.New("bad frame"))
+	l.Error("failed to decode incoming command", "error", errors.New("bad frame"))
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("logged %d lines, want one per peer and both others:\n%s", len(lines), buf.String())
+	}
+	// Once the interval has passed, the next one says how many were dropped.
+	rep.mu.Lock()
+	for k := range rep.last {
+		rep.last[k] = time.Now().Add(-2 * time.Hour)
+	}
+	rep.mu.Unlock()
+	buf.Reset()
+	l.Error("failed to heartbeat to", "peer", "n3", "error", unreachable)
+	if !strings.Contains(buf.String(), "repeats_dropped=4") {
+		t.Fatalf("after the interval: %q, want repeats_dropped=4", buf.String())
 	}
 }
