@@ -124,7 +124,7 @@ func EncodeCommand(c *Command) ([]byte, error) { return msgpack.Marshal(c) }
 // DecodeCommand decodes a Raft entry's payload. It never panics.
 func DecodeCommand(b []byte) (*Command, error) {
 	var c Command
-	if err := msgpack.Unmarshal(b, &c); err != nil {
+	if err := unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
 	}
 	return &c, nil

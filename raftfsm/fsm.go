@@ -584,7 +584,7 @@ func readMeta(fsys logcore.FS, name string) (logMeta, error) {
 		return logMeta{}, err
 	}
 	var m logMeta
-	if err := msgpack.Unmarshal(b, &m); err != nil {
+	if err := unmarshal(b, &m); err != nil {
 		return logMeta{}, fmt.Errorf("bad metadata: %w", err)
 	}
 	return m, nil

@@ -13,7 +13,6 @@ import (
 	"strconv"
 
 	"github.com/hashicorp/raft"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/natlog/natlog/logcore"
 )
@@ -248,7 +247,7 @@ func readSnapshotHeader(r io.Reader) (snapshotHeader, error) {
 	if _, err := io.ReadFull(r, hb); err != nil {
 		return hdr, fmt.Errorf("snapshot header: %w", err)
 	}
-	if err := msgpack.Unmarshal(hb, &hdr); err != nil {
+	if err := unmarshal(hb, &hdr); err != nil {
 		return hdr, fmt.Errorf("snapshot header: %w", err)
 	}
 	if hdr.Version != snapshotVersion {

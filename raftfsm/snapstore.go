@@ -15,7 +15,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // SnapshotStore is a raft.SnapshotStore that keeps the FSM's own snapshots
@@ -175,7 +174,7 @@ func readManifest(r io.Reader) (linkManifest, error) {
 	if len(b) != int(n) {
 		return m, fmt.Errorf("manifest: %w", io.ErrUnexpectedEOF)
 	}
-	if err := msgpack.Unmarshal(b, &m); err != nil {
+	if err := unmarshal(b, &m); err != nil {
 		return m, fmt.Errorf("manifest: %w", err)
 	}
 	if m.Header.Version != snapshotVersion {
