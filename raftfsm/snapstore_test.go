@@ -14,6 +14,26 @@ import (
 	"github.com/natlog/natlog/logcore"
 )
 
+// linkedFSM opens an FSM under root/fsm on the real file system, which can
+// hard-link, and a SnapshotStore under root/raft beside it.
+func linkedFSM(t *testing.T) (root string, f *FSM, store *SnapshotStore) {
+	t.Helper()
+	root = t.TempDir()
+	f = openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
+	t.Cleanup(func() { f.Close() })
+	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
+	must(t, err)
+	return root, f, store
+}
+
+// applyA applies entries from..to, each appending its index to log "a".
+func applyA(t *testing.T, f *FSM, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
+	}
+}
+
 // takeSnapshot snapshots f into store as Raft would: Snapshot on the
 // applying goroutine, then Create, Persist and Release.
 func takeSnapshot(t *testing.T, f *FSM, store raft.SnapshotStore, index uint64) string {
@@ -47,11 +67,7 @@ func openSnapshot(t *testing.T, store raft.SnapshotStore, id string) []byte {
 }
 
 func TestSnapshotStoreLinksInsteadOfCopying(t *testing.T) {
-	root := t.TempDir()
-	src := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
-	defer src.Close()
-	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
-	must(t, err)
+	root, src, store := linkedFSM(t)
 	for i := 1; i <= 300; i++ {
 		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i)), appendOp("b", "x", "y")))
 	}
@@ -66,9 +82,7 @@ func TestSnapshotStoreLinksInsteadOfCopying(t *testing.T) {
 	must(t, err)
 	// After the cut and before Persist: more appends, and retention
 	// removes segments the snapshot holds.
-	for i := 301; i <= 400; i++ {
-		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	applyA(t, src, 301, 400)
 	a := src.Log("a")
 	must(t, a.TruncateBefore(350))
 	if a.LowestOffset() == 0 {
@@ -116,11 +130,7 @@ func TestSnapshotStoreLinksInsteadOfCopying(t *testing.T) {
 }
 
 func TestSnapshotStoreKeepsLinksOfRetainedAndOpenSnapshots(t *testing.T) {
-	root := t.TempDir()
-	f := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
-	defer f.Close()
-	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
-	must(t, err)
+	root, f, store := linkedFSM(t)
 	linkDirs := func() []string {
 		entries, err := os.ReadDir(filepath.Join(root, "raft", linkDirName))
 		must(t, err)
@@ -133,9 +143,7 @@ func TestSnapshotStoreKeepsLinksOfRetainedAndOpenSnapshots(t *testing.T) {
 	var ids []string
 	var streams [][]byte
 	for s := 1; s <= 2; s++ {
-		for i := (s-1)*100 + 1; i <= s*100; i++ {
-			f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-		}
+		applyA(t, f, (s-1)*100+1, s*100)
 		ids = append(ids, takeSnapshot(t, f, store, uint64(s*100)))
 		streams = append(streams, openSnapshot(t, store, ids[s-1]))
 	}
@@ -146,9 +154,7 @@ func TestSnapshotStoreKeepsLinksOfRetainedAndOpenSnapshots(t *testing.T) {
 	// the store drop it.
 	_, rc, err := store.Open(ids[0])
 	must(t, err)
-	for i := 201; i <= 300; i++ {
-		f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	applyA(t, f, 201, 300)
 	ids = append(ids, takeSnapshot(t, f, store, 300))
 	if got := fmt.Sprint(linkDirs()); got != fmt.Sprint(ids) {
 		t.Fatalf("link directories %s with a reader of the first open, want %v", got, ids)
@@ -179,9 +185,7 @@ func TestSnapshotStoreKeepsStreams(t *testing.T) {
 	// A snapshot received from a leader is written as a stream.
 	src := openFSM(t, fsmConfig(t.TempDir(), logcore.NewMemFS()))
 	defer src.Close()
-	for i := 1; i <= 50; i++ {
-		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	applyA(t, src, 1, 50)
 	var stream memSink
 	snap, err := src.Snapshot()
 	must(t, err)
@@ -204,14 +208,8 @@ func TestSnapshotStoreKeepsStreams(t *testing.T) {
 }
 
 func TestSnapshotStoreDamagedLinkedSnapshot(t *testing.T) {
-	root := t.TempDir()
-	f := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
-	defer f.Close()
-	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
-	must(t, err)
-	for i := 1; i <= 200; i++ {
-		f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	root, f, store := linkedFSM(t)
+	applyA(t, f, 1, 200)
 	id := takeSnapshot(t, f, store, 200)
 
 	// A linked file cut short: reading fails, no restore happens. (The
@@ -265,9 +263,7 @@ func TestSnapshotStoreDamagedLinkedSnapshot(t *testing.T) {
 func TestFSMDropsUnpersistedLinksOnOpen(t *testing.T) {
 	dir := t.TempDir()
 	f := openFSM(t, fsmConfig(dir, logcore.OSFS{}))
-	for i := 1; i <= 50; i++ {
-		f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	applyA(t, f, 1, 50)
 	// Snapshot taken, never persisted or released (a crash).
 	if _, err := f.Snapshot(); err != nil {
 		t.Fatal(err)
@@ -311,14 +307,8 @@ func TestSnapshotStoreReapKeepsLinksOfSnapshotsOnDisk(t *testing.T) {
 }
 
 func TestSnapshotStoreReceivedSnapshotsReapOldLinks(t *testing.T) {
-	root := t.TempDir()
-	f := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
-	defer f.Close()
-	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
-	must(t, err)
-	for i := 1; i <= 50; i++ {
-		f.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	root, f, store := linkedFSM(t)
+	applyA(t, f, 1, 50)
 	own := takeSnapshot(t, f, store, 50)
 	stream := openSnapshot(t, store, own)
 	// Two snapshots received from a leader push the node's own one out.
@@ -335,21 +325,13 @@ func TestSnapshotStoreReceivedSnapshotsReapOldLinks(t *testing.T) {
 }
 
 func TestSnapshotPersistCopiesFromLinksWhenTheStoreCannotKeepThem(t *testing.T) {
-	root := t.TempDir()
-	src := openFSM(t, fsmConfig(filepath.Join(root, "fsm"), logcore.OSFS{}))
-	defer src.Close()
-	store, err := NewSnapshotStore(filepath.Join(root, "raft"), 2, nil)
-	must(t, err)
-	for i := 1; i <= 300; i++ {
-		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	root, src, store := linkedFSM(t)
+	applyA(t, src, 1, 300)
 	want := values(t, src, "a")
 	snap, err := src.Snapshot()
 	must(t, err)
 	// Retention after the cut: the logs no longer hold its first records.
-	for i := 301; i <= 400; i++ {
-		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i))))
-	}
+	applyA(t, src, 301, 400)
 	must(t, src.Log("a").TruncateBefore(350))
 	// The store cannot take the links: its link directory is a file.
 	links := filepath.Join(root, "raft", linkDirName)

@@ -76,6 +76,15 @@ func newThreeNodes(t testing.TB) *testCluster {
 	return tc
 }
 
+// notNode returns n1, or n2 if id is n1: a node of a cluster of n1, n2, ...
+// other than id.
+func notNode(id string) string {
+	if id == "n1" {
+		return "n2"
+	}
+	return "n1"
+}
+
 // peer is member id as the leader's status shows it.
 func (tc *testCluster) peer(id string) (protocol.Peer, bool) {
 	for _, p := range tc.node(tc.leader()).cluster.status().Peers {

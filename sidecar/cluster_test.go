@@ -220,10 +220,7 @@ func TestClusterMembership(t *testing.T) {
 	want := appendN(t, nc, "orders", "a", 20)
 	tc.converged("orders", want)
 
-	follower := "n1"
-	if follower == leader {
-		follower = "n2"
-	}
+	follower := notNode(leader)
 	tc.stop(follower)
 	want = append(want, appendN(t, nc, "orders", "b", 20)...)
 	tc.start(follower, 3)
@@ -311,10 +308,7 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "a", 10)
 	tc.converged("orders", want)
-	follower := "n1"
-	if follower == leader {
-		follower = "n2"
-	}
+	follower := notNode(leader)
 	tc.stop(follower)
 	// More entries than raft.LogCache keeps (512), so that the leader
 	// cannot serve the follower from its cache either.
@@ -440,10 +434,7 @@ func TestClusterDeadNodeTimeout(t *testing.T) {
 	}
 	leader := tc.leader()
 	eventually(t, 20*time.Second, "four members", func() bool { return len(tc.node(leader).status().Peers) == 4 })
-	victim := "n1"
-	if victim == leader {
-		victim = "n2"
-	}
+	victim := notNode(leader)
 	tc.stop(victim)
 	eventually(t, 20*time.Second, "the dead member removed and three voters", func() bool {
 		st := tc.node(tc.leader()).status()
@@ -775,10 +766,7 @@ func TestClusterStepDown(t *testing.T) {
 	old := tc.leader()
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "a", 3)
-	to := "n1"
-	if to == old {
-		to = "n2"
-	}
+	to := notNode(old)
 	stepDown := func(target string) *nats.Msg {
 		t.Helper()
 		m, err := nc.Request("natlog.cluster.stepdown", []byte(target), 15*time.Second)
@@ -849,10 +837,7 @@ func TestClusterFiveVotersSurviveTwoLosses(t *testing.T) {
 	tc.converged("orders", want)
 
 	// Lose the leader and one follower: three of five remain, a majority.
-	other := "n1"
-	if other == leader {
-		other = "n2"
-	}
+	other := notNode(leader)
 	tc.stop(leader)
 	tc.stop(other)
 	if next := tc.leader(); next == leader || next == other {
