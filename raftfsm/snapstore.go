@@ -30,8 +30,9 @@ import (
 // the linked files with the byte length of each that belongs to the cut); the
 // links live in raft/snapshot-links/<id>/. A snapshot received from a leader
 // is stored as the full stream, as FileSnapshotStore would. Link directories
-// of snapshots that FileSnapshotStore no longer keeps are removed when a
-// snapshot is closed and at open (not while a reader of them is open).
+// of snapshots that FileSnapshotStore no longer has on disk are removed when
+// a snapshot is closed or cancelled, when a reader closes, and at open (not
+// while a reader or sink has them).
 //
 // A linked segment keeps its disk space after retention removes it from the
 // log, until no retained snapshot links it (the store keeps the newest
