@@ -345,6 +345,14 @@ func TestClusterCatchUpBySnapshot(t *testing.T) {
 	}
 	want = append(want, appendN(t, nc, "orders", "c", 5)...)
 	tc.converged("orders", want)
+
+	// A brand-new node (a read replica beyond the 3 voters) joins after the
+	// compaction: it too gets the linked snapshot, streamed.
+	tc.start("n4", 3)
+	tc.converged("orders", want)
+	if st := tc.node("n4").cluster.raft.Stats(); st["last_snapshot_index"] == "0" {
+		t.Fatalf("the new node caught up without a snapshot: %v", st)
+	}
 }
 
 // TestClusterConcurrentPlainAppends: concurrent plain appends share Raft
