@@ -157,7 +157,7 @@ func TestServeFlags(t *testing.T) {
 	}
 	for _, f := range []string{"--data-dir", "--node-id", "--nats-listen", "--nats-url", "--nats-config", "--http-listen", "--prefix",
 		"--fsync", "--segment-bytes", "--retention-bytes", "--retention-age", "--retention-segments", "--leaf-remote", "--read-replica",
-		"--pprof-listen", "NATLOG_DATA_DIR", "NATLOG_FSYNC"} {
+		"--pprof-listen", "--raft-snapshot-interval", "--raft-trailing-logs", "NATLOG_DATA_DIR", "NATLOG_FSYNC"} {
 		if !strings.Contains(out+errOut, f) {
 			t.Errorf("serve --help does not explain %s", f)
 		}
@@ -171,6 +171,7 @@ func TestServeFlags(t *testing.T) {
 		{"serve", "--nats-url", "nats://x:4222", "--leaf-remote", "nats-leaf://hub:7422"},
 		{"serve", "--leaf-remote", "::bad"},
 		{"serve", "--cluster", "c", "--read-replica", "--bootstrap-expect", "3"},
+		{"serve", "--cluster", "c", "--raft-snapshot-interval", "1ms"},
 	} {
 		_, errOut, code := runCLI(t, "", "", bad...)
 		if code != 2 || !strings.Contains(errOut, "natlog serve:") {

@@ -57,6 +57,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Cluster.DeadNodeTimeout, "dead-node-timeout", 0, "with --cluster: the leader removes a member unheard of for this long (0: never; use natlog cluster remove)")
 	fs.DurationVar(&cfg.Cluster.AnnounceInterval, "announce-interval", cfg.Cluster.AnnounceInterval, "with --cluster: how often a node announces itself and the leader reconciles the membership")
 	fs.Uint64Var(&cfg.Cluster.SnapshotThreshold, "raft-snapshot-threshold", cfg.Cluster.SnapshotThreshold, "with --cluster: Raft entries between snapshots")
+	fs.DurationVar(&cfg.Cluster.SnapshotInterval, "raft-snapshot-interval", 2*time.Minute, "with --cluster: how often Raft checks whether --raft-snapshot-threshold entries came since the last snapshot")
+	fs.Uint64Var(&cfg.Cluster.TrailingLogs, "raft-trailing-logs", cfg.Cluster.TrailingLogs, "with --cluster: Raft entries kept after a snapshot compacts the Raft log (a follower further behind\ncatches up by snapshot)")
 	fs.StringVar(&cfg.Cluster.RaftLogLevel, "raft-log-level", cfg.Cluster.RaftLogLevel, "with --cluster: level of Raft's own log on stderr: off, error, warn, info or debug")
 	pprofListen := fs.String("pprof-listen", "", "host:port of a Go profiling endpoint (net/http/pprof under /debug/pprof/; empty: off).\nIt exposes the process's internals: bind it to loopback")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for requests in flight")

@@ -200,6 +200,9 @@ func (s *Server) startCluster() (err error) {
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
+	}
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = hl
 	hasState, err := raft.HasExistingState(n.logs, n.stable, snaps)

@@ -51,13 +51,16 @@ type ClusterConfig struct {
 	CommitTimeout      time.Duration
 	// ApplyTimeout bounds how long an append waits to enter Raft.
 	ApplyTimeout time.Duration
-	// SnapshotThreshold and TrailingLogs: see raft.Config. A snapshot of
-	// the FSM copies every log's records into Raft's snapshot store (its
-	// cost grows with the data kept; referencing sealed segments by hard
-	// link is not done yet), so keep the threshold large; keep
-	// TrailingLogs large enough that a briefly absent follower catches up
-	// from the log rather than by snapshot.
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs: see
+	// raft.Config. Raft checks every SnapshotInterval (with jitter) whether
+	// SnapshotThreshold entries came since the last snapshot; a snapshot
+	// then hard-links the logs' segments (raftfsm.SnapshotStore: a link per
+	// segment, whatever the data size) and the Raft log is compacted down
+	// to TrailingLogs entries. Keep TrailingLogs large enough that a
+	// briefly absent follower catches up from the log: a snapshot sends it
+	// every record. 0 SnapshotInterval: raft's default (2 minutes).
 	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
 	// RaftSegmentBytes is the segment size of the Raft log (0: logcore's
 	// default). Compaction after a snapshot removes whole segments.
@@ -136,6 +139,9 @@ func (c ClusterConfig) Validate() error {
 	}
 	if c.SnapshotThreshold == 0 || c.MaxEntryBytes < 1 || c.MaxApplyInflight < 1 {
 		bad("snapshot threshold, max entry bytes and max apply inflight must be positive")
+	}
+	if c.SnapshotInterval != 0 && c.SnapshotInterval < 5*time.Millisecond {
+		bad("the raft snapshot interval must be at least 5ms")
 	}
 	return errors.Join(errs...)
 }
