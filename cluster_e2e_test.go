@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -27,8 +28,11 @@ func TestClusterProcessesKill9(t *testing.T) {
 	ns := testnats.StartServer(t)
 	nodes := map[string]*node{}
 	for _, id := range []string{"n1", "n2", "n3"} {
+		// Snapshots every 64 entries, checked every 100 ms: the nodes
+		// take linked snapshots while appends run and around the kill.
 		nodes[id] = startNode(t, "", "--nats-url", ns.URL, "--node-id", id, "--cluster", "e2e",
-			"--bootstrap-expect", "3", "--raft-timeout", "300ms", "--announce-interval", "100ms", "--raft-log-level", "off")
+			"--bootstrap-expect", "3", "--raft-timeout", "300ms", "--announce-interval", "100ms", "--raft-log-level", "off",
+			"--raft-snapshot-threshold", "64", "--raft-snapshot-interval", "100ms")
 	}
 	nc, err := nats.Connect(ns.URL)
 	if err != nil {
@@ -98,6 +102,14 @@ func TestClusterProcessesKill9(t *testing.T) {
 		var st protocol.ClusterStatus
 		return err == nil && json.Unmarshal(m.Data, &st) == nil && st.Leader == leader
 	})
+	// Every node keeps a linked snapshot (the restarted one takes its
+	// first within a snapshot interval if the kill came before it).
+	for id, n := range nodes {
+		waitFor(t, 10*time.Second, id+"'s linked snapshot", func() bool {
+			links, err := os.ReadDir(filepath.Join(n.dataDir, "raft", "snapshot-links"))
+			return err == nil && len(links) > 0
+		})
+	}
 	for _, n := range nodes {
 		if code := n.signal(syscall.SIGINT); code != 0 {
 			t.Fatalf("exit %d:\n%s", code, n.out)
