@@ -624,6 +624,12 @@ func (n *clusterNode) onStepDown(m *nats.Msg) {
 			reply(fmt.Errorf("%w: %s is not a voter; only voters can lead", errStepDownTarget, to))
 			return
 		}
+		// A transfer to a node that is down would refuse appends until
+		// it times out (an election timeout).
+		if a, heard := n.recent()[to]; !heard || a.Leaving {
+			reply(fmt.Errorf("%w: %s has not been heard from lately (unreachable or leaving)", errStepDownTarget, to))
+			return
+		}
 		go func() { reply(n.raft.LeadershipTransferToServer(srv.ID, srv.Address).Error()) }()
 		return
 	}

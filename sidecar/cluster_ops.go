@@ -182,6 +182,8 @@ func raftError(err error) *protocol.Error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader):
 		return protocol.Errorf(protocol.ErrNotLeader, "this node is not the leader; nothing was written; retry")
+	case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return protocol.Errorf(protocol.ErrNotLeader, "the leadership is being handed to another node; nothing was written; retry")
 	case errors.Is(err, raft.ErrLeadershipLost):
 		return protocol.Errorf(protocol.ErrNotLeader, "leadership lost while committing: the outcome is indefinite (it may have been written); retry with the same Natlog-Msg-Id")
 	case errors.Is(err, raft.ErrRaftShutdown):

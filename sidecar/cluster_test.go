@@ -818,6 +818,18 @@ func TestClusterStepDown(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &r); err != nil || r.Leader != leader {
 		t.Fatalf("step down to the leader %s: reply %s (%v)", leader, m.Data, err)
 	}
+	// A voter that is down is refused at once (a transfer to it would
+	// hold appends back until it timed out).
+	down := notNode(leader)
+	tc.stop(down)
+	eventually(t, 10*time.Second, down+" unreachable", func() bool {
+		p, ok := tc.peer(down)
+		return ok && p.State == "unreachable"
+	})
+	wantError(t, stepDown(down), protocol.ErrBadRequest)
+	if got := tc.leader(); got != leader {
+		t.Fatalf("a step-down to a node that is down moved the leadership from %s to %s", leader, got)
+	}
 }
 
 // TestClusterFiveVotersSurviveTwoLosses: five voters (--voters 5,
