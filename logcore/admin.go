@@ -297,12 +297,16 @@ func (l *Log) retentionLoop() {
 // ApplyRetention removes the oldest sealed segments that Config.Retention
 // no longer keeps, and returns how many it removed. It runs in the
 // background every RetentionCheckInterval; calling it directly is for tests
-// and operators. Appends go on while it runs.
+// and operators. Appends go on while it runs. While a cut (MarkCut) is
+// held it removes nothing; the next round catches up.
 func (l *Log) ApplyRetention() error {
 	l.adminMu.Lock()
 	defer l.adminMu.Unlock()
 	if l.isClosed.Load() {
 		return ErrClosed
+	}
+	if l.holds.Load() > 0 {
+		return nil
 	}
 	r := l.cfg.Retention
 	l.segsMu.RLock()

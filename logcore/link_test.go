@@ -33,7 +33,7 @@ func readLinkedCut(t *testing.T, dir string, cut StoreCut) []Record {
 	return recs
 }
 
-func TestLinkStores(t *testing.T) {
+func TestCutLink(t *testing.T) {
 	for _, policy := range []SyncPolicy{SyncNeverUnsafe, SyncAlways} {
 		t.Run(policy.String(), func(t *testing.T) {
 			root := t.TempDir()
@@ -44,7 +44,12 @@ func TestLinkStores(t *testing.T) {
 			if err := os.Mkdir(links, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			cut, err := l.LinkStores(links, "x-")
+			c, err := l.MarkCut()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cut, err := c.Link(links, "x-")
+			c.Release()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -90,19 +95,85 @@ func TestLinkStores(t *testing.T) {
 	}
 }
 
-func TestLinkStoresUnsupportedAndClosed(t *testing.T) {
+func TestCutLinkUnsupportedAndClosed(t *testing.T) {
 	cfg := testConfig(SyncAlways)
 	cfg.FS = NewMemFS()
 	l := openLog(t, "/log", cfg)
 	appendN(t, l, 0, 10)
-	if _, err := l.LinkStores("/links", ""); !errors.Is(err, ErrLinkUnsupported) {
-		t.Fatalf("LinkStores on MemFS: %v, want ErrLinkUnsupported", err)
+	c, err := l.MarkCut()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if _, err := c.Link("/links", ""); !errors.Is(err, ErrLinkUnsupported) {
+		t.Fatalf("Link on MemFS: %v, want ErrLinkUnsupported", err)
+	}
+	c.Release()
 	l.Close()
 
 	l = openLog(t, t.TempDir(), testConfig(SyncAlways))
+	c, err = l.MarkCut()
+	if err != nil {
+		t.Fatal(err)
+	}
 	l.Close()
-	if _, err := l.LinkStores(t.TempDir(), ""); !errors.Is(err, ErrClosed) {
-		t.Fatalf("LinkStores after Close: %v, want ErrClosed", err)
+	if _, err := c.Link(t.TempDir(), ""); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Link after Close: %v, want ErrClosed", err)
+	}
+	if _, err := l.MarkCut(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("MarkCut after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestCutHoldsRetention(t *testing.T) {
+	cfg := testConfig(SyncAlways)
+	cfg.Retention.MaxSegments = 2
+	l := openLog(t, t.TempDir(), cfg)
+	defer l.Close()
+	appendN(t, l, 0, 300)
+	c, err := l.MarkCut()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Next != 300 {
+		t.Fatalf("cut at %d, want 300", c.Next)
+	}
+	appendN(t, l, 300, 100)
+	if err := l.ApplyRetention(); err != nil {
+		t.Fatal(err)
+	}
+	if l.LowestOffset() != 0 {
+		t.Fatalf("retention removed segments while a cut was held: lowest %d", l.LowestOffset())
+	}
+	links := t.TempDir()
+	sc, err := c.Link(links, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs := readLinkedCut(t, links, sc); len(recs) != 300 || sc.Lowest != 0 || sc.Next != 300 {
+		t.Fatalf("linked cut [%d, %d) holds %d records, want [0, 300)", sc.Lowest, sc.Next, len(recs))
+	}
+	c.Release()
+	c.Release() // idempotent
+	if _, err := c.Link(t.TempDir(), ""); err == nil {
+		t.Fatal("Link of a released cut succeeded")
+	}
+	if err := l.ApplyRetention(); err != nil {
+		t.Fatal(err)
+	}
+	if l.LowestOffset() == 0 {
+		t.Fatal("retention did not resume after the cut was released")
+	}
+	// A cut whose segments TruncateBefore removed cannot be linked.
+	c, err = l.MarkCut()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	appendN(t, l, 400, 200)
+	if err := l.TruncateBefore(590); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Link(t.TempDir(), ""); err == nil {
+		t.Fatal("Link of a cut whose segment was truncated away succeeded")
 	}
 }

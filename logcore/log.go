@@ -70,6 +70,7 @@ type Log struct {
 	openSegs []*segment
 	clock    atomic.Uint64
 	isClosed atomic.Bool
+	holds    atomic.Int32 // cuts (MarkCut) not yet released: retention waits
 	stopBg   chan struct{}
 	bgDone   sync.WaitGroup
 	stats    stats

@@ -23,10 +23,11 @@
 // own files, and restart cost does not grow with the data.
 //
 // Snapshots (snapshot.go) are a consistent cut taken on the applying
-// goroutine (each log's lowest and next offset). As a stream they are a
-// header and the logs' frames; SnapshotStore (snapstore.go) keeps the
-// node's own snapshots as hard links to the segment files instead, made at
-// the cut, and composes the stream when Raft opens one to send it. Restore
+// goroutine (each log's lowest and next offset; the logs' retention waits
+// until the snapshot is released). As a stream they are a header and the
+// logs' frames; SnapshotStore (snapstore.go) keeps the node's own snapshots
+// as hard links to the segment files instead, made by Persist, and composes
+// the stream when Raft opens one to send it. Restore
 // builds the new logs beside the old ones and swaps the directories,
 // finishing an interrupted swap on the next open.
 //

@@ -49,50 +49,45 @@ type cutSnapshot struct {
 	f      *FSM
 	header snapshotHeader
 	logs   []*logcore.Log
-	// linkDir, if not empty, holds hard links to the logs' store files
-	// made at the cut, and stores lists them per log (see SnapshotStore).
+	// cuts hold each log's retention until Release, so that the records
+	// of the cut stay in the logs' files until Persist has linked or
+	// copied them.
+	cuts []*logcore.Cut
+	// linkDir, if not empty, holds hard links to the logs' store files,
+	// and stores lists them per log (see SnapshotStore).
 	linkDir string
 	stores  [][]linkedStore
 }
 
-// snapshotLinksDir holds the links of snapshots taken and not yet
-// persisted: Dir/snapshot.tmp/<n>.
+// snapshotLinksDir holds the links of snapshots being persisted:
+// Dir/snapshot.tmp/<n>.
 const snapshotLinksDir = "snapshot.tmp"
 
-// Snapshot captures the cut. Raft calls it on the applying goroutine, so no
-// entry is applied meanwhile; Persist then runs concurrently with Apply.
-// If the file system can hard-link, the cut also links every log's store
-// files (a link per segment), so that a SnapshotStore can keep the
-// snapshot without copying the logs, and retention cannot remove a segment
-// before Persist runs.
+// Snapshot captures the cut: each log's next offset (logcore.MarkCut),
+// holding the logs' retention until Release. Raft calls it on the applying
+// goroutine, so no entry is applied meanwhile; it costs no I/O. Persist
+// then runs concurrently with Apply.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion, Applied: f.applied.Load()}}
-	names := sortedKeys(f.logs)
-	if _, ok := f.fs.(logcore.Linker); ok {
-		if err := s.link(names); err != nil {
-			f.cfg.Logger.Warn("raftfsm: snapshot: cannot link the logs' files; the snapshot will copy them", "err", err)
-			f.fs.RemoveAll(s.linkDir)
-			s.linkDir, s.stores = "", nil
-			s.header.Logs = nil
+	for _, name := range sortedKeys(f.logs) {
+		fl := f.logs[name]
+		c, err := fl.log.MarkCut()
+		if err != nil {
+			s.Release()
+			return nil, fmt.Errorf("raftfsm: snapshot: log %s: %w", name, err)
 		}
-	}
-	if s.linkDir == "" {
-		for _, name := range names {
-			fl := f.logs[name]
-			s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: fl.log.LowestOffset(), Next: fl.log.NextOffset()})
-		}
-	}
-	for _, name := range names {
-		s.logs = append(s.logs, f.logs[name].log)
+		s.cuts = append(s.cuts, c)
+		s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: fl.log.LowestOffset(), Next: c.Next})
+		s.logs = append(s.logs, fl.log)
 	}
 	return s, nil
 }
 
-// link links the store files of the named logs into a new directory under
-// Dir/snapshot.tmp and records the cut in the header. Callers hold f.mu.
-func (s *cutSnapshot) link(names []string) error {
+// link hard-links the store files of the cut into a new directory under
+// Dir/snapshot.tmp (a link per segment).
+func (s *cutSnapshot) link() error {
 	f := s.f
 	s.linkDir = f.path(snapshotLinksDir, strconv.FormatUint(f.snapSeq.Add(1), 10))
 	if err := f.fs.RemoveAll(s.linkDir); err != nil {
@@ -101,13 +96,12 @@ func (s *cutSnapshot) link(names []string) error {
 	if err := f.fs.MkdirAll(s.linkDir, 0o755); err != nil {
 		return err
 	}
-	for i, name := range names {
-		fl := f.logs[name]
-		cut, err := fl.log.LinkStores(s.linkDir, strconv.Itoa(i)+"-")
+	for i, c := range s.cuts {
+		cut, err := c.Link(s.linkDir, strconv.Itoa(i)+"-")
 		if err != nil {
-			return fmt.Errorf("log %s: %w", name, err)
+			return fmt.Errorf("log %s: %w", s.header.Logs[i].Name, err)
 		}
-		s.header.Logs = append(s.header.Logs, snapshotLog{Name: name, Meta: fl.meta, Lowest: cut.Lowest, Next: cut.Next})
+		s.header.Logs[i].Lowest = cut.Lowest
 		files := make([]linkedStore, len(cut.Stores))
 		for j, st := range cut.Stores {
 			files[j] = linkedStore{Name: st.Name, Size: st.Size}
@@ -125,8 +119,10 @@ type linkAdopter interface {
 
 // Persist writes the snapshot. It first fsyncs the logs: once Raft has the
 // snapshot it may compact its log and will not replay those entries again.
-// A SnapshotStore's sink takes the files linked at the cut and a manifest;
-// any other sink gets the stream of the logs' records.
+// If the file system can hard-link, it links the cut's store files (a link
+// per segment): a SnapshotStore's sink takes them and a manifest, any other
+// sink gets the stream copied from them; otherwise the stream is copied
+// from the logs.
 func (s *cutSnapshot) Persist(sink raft.SnapshotSink) error {
 	err := s.persist(sink)
 	if err != nil {
@@ -147,6 +143,13 @@ func (s *cutSnapshot) persist(sink raft.SnapshotSink) error {
 	if err := s.f.noteCovered(s.header.Applied); err != nil {
 		return fmt.Errorf("raftfsm: snapshot: %w", err)
 	}
+	if _, ok := s.f.fs.(logcore.Linker); ok {
+		if err := s.link(); err != nil {
+			s.f.cfg.Logger.Warn("raftfsm: snapshot: cannot link the logs' files; copying them", "err", err)
+			s.f.fs.RemoveAll(s.linkDir)
+			s.linkDir, s.stores = "", nil
+		}
+	}
 	if s.linkDir != "" {
 		m := linkManifest{Header: s.header, Stores: s.stores}
 		if ls, ok := sink.(linkAdopter); ok {
@@ -156,8 +159,7 @@ func (s *cutSnapshot) persist(sink raft.SnapshotSink) error {
 			}
 			s.f.cfg.Logger.Warn("raftfsm: snapshot: cannot keep the linked files; copying them", "err", err)
 		}
-		// Copy from the links, which hold the cut even if retention has
-		// removed segments from the logs since.
+		// Copy from the links (the sink cannot keep them).
 		if _, err := os.Stat(s.linkDir); err == nil {
 			lr, err := newLinkReader(s.linkDir, m)
 			if err != nil {
@@ -185,9 +187,12 @@ func (s *cutSnapshot) persist(sink raft.SnapshotSink) error {
 	return bw.Flush()
 }
 
-// Release removes the links made at the cut if Persist did not hand them
-// to the snapshot store.
+// Release lets the logs' retention go on, and removes the links Persist
+// made if it did not hand them to the snapshot store.
 func (s *cutSnapshot) Release() {
+	for _, c := range s.cuts {
+		c.Release()
+	}
 	if s.linkDir != "" {
 		if err := s.f.fs.RemoveAll(s.linkDir); err != nil {
 			s.f.cfg.Logger.Warn("raftfsm: snapshot: removing links", "dir", s.linkDir, "err", err)

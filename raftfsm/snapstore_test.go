@@ -26,6 +26,17 @@ func linkedFSM(t *testing.T) (root string, f *FSM, store *SnapshotStore) {
 	return root, f, store
 }
 
+// createRetainedA creates log "a" at entry index, keeping at most 2
+// segments once retention runs (ApplyRetention: the background check is
+// 30 s away in these tests).
+func createRetainedA(t *testing.T, f *FSM, index uint64) {
+	t.Helper()
+	op := Op{Kind: OpCreate, Log: "a", Settings: &LogSettings{RetentionSegments: 2}}
+	if r := results(t, f.Apply(entry(t, index, int64(index), op))); r[0].Err != nil {
+		t.Fatal(r[0].Err)
+	}
+}
+
 // applyA applies entries from..to, each appending its index to log "a".
 func applyA(t *testing.T, f *FSM, from, to int) {
 	t.Helper()
@@ -68,7 +79,8 @@ func openSnapshot(t *testing.T, store raft.SnapshotStore, id string) []byte {
 
 func TestSnapshotStoreLinksInsteadOfCopying(t *testing.T) {
 	root, src, store := linkedFSM(t)
-	for i := 1; i <= 300; i++ {
+	createRetainedA(t, src, 1)
+	for i := 2; i <= 300; i++ {
 		src.Apply(entry(t, uint64(i), int64(i), appendOp("a", fmt.Sprint(i)), appendOp("b", "x", "y")))
 	}
 	wantA, wantB := values(t, src, "a"), values(t, src, "b")
@@ -80,15 +92,19 @@ func TestSnapshotStoreLinksInsteadOfCopying(t *testing.T) {
 	snap.Release()
 	snap, err = src.Snapshot()
 	must(t, err)
-	// After the cut and before Persist: more appends, and retention
-	// removes segments the snapshot holds.
+	// After the cut and before Persist: more appends; retention waits
+	// for the snapshot, and resumes once it is released.
 	applyA(t, src, 301, 400)
 	a := src.Log("a")
-	must(t, a.TruncateBefore(350))
-	if a.LowestOffset() == 0 {
-		t.Fatal("TruncateBefore removed no segment")
+	must(t, a.ApplyRetention())
+	if a.LowestOffset() != 0 {
+		t.Fatalf("retention removed segments of a snapshot being taken: lowest offset %d", a.LowestOffset())
 	}
 	id := persistSnapshot(t, snap, store, 300)
+	must(t, a.ApplyRetention())
+	if a.LowestOffset() == 0 {
+		t.Fatal("retention did not resume after the snapshot was released")
+	}
 
 	// The snapshot is a manifest and links, not the bytes of the logs.
 	state, err := os.Stat(filepath.Join(root, "raft", "snapshots", id, "state.bin"))
@@ -264,13 +280,17 @@ func TestFSMDropsUnpersistedLinksOnOpen(t *testing.T) {
 	dir := t.TempDir()
 	f := openFSM(t, fsmConfig(dir, logcore.OSFS{}))
 	applyA(t, f, 1, 50)
-	// Snapshot taken, never persisted or released (a crash).
+	// The cut itself writes nothing; Persist links into snapshot.tmp.
 	if _, err := f.Snapshot(); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := os.ReadDir(filepath.Join(dir, snapshotLinksDir)); len(left) != 1 {
-		t.Fatalf("pending link directories after Snapshot: %v, want 1", left)
+	if left, _ := os.ReadDir(filepath.Join(dir, snapshotLinksDir)); len(left) != 0 {
+		t.Fatalf("link directories after Snapshot: %v, want none", left)
 	}
+	// A Persist that a crash interrupted left its links.
+	left := filepath.Join(dir, snapshotLinksDir, "7")
+	must(t, os.MkdirAll(left, 0o755))
+	must(t, os.Link(filepath.Join(dir, "logs", "a", "segments", "00000000000000000000.store"), filepath.Join(left, "0-00000000000000000000.store")))
 	must(t, f.Close())
 	f = openFSM(t, fsmConfig(dir, logcore.OSFS{}))
 	defer f.Close()
@@ -330,9 +350,7 @@ func TestSnapshotPersistCopiesFromLinksWhenTheStoreCannotKeepThem(t *testing.T) 
 	want := values(t, src, "a")
 	snap, err := src.Snapshot()
 	must(t, err)
-	// Retention after the cut: the logs no longer hold its first records.
 	applyA(t, src, 301, 400)
-	must(t, src.Log("a").TruncateBefore(350))
 	// The store cannot take the links: its link directory is a file.
 	links := filepath.Join(root, "raft", linkDirName)
 	must(t, os.RemoveAll(links))
