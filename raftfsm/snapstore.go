@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/natlog/natlog/logcore"
 )
 
 // SnapshotStore is a raft.SnapshotStore that keeps the FSM's own snapshots
@@ -278,28 +280,16 @@ func (k *linkSink) adoptLinks(dir string, m linkManifest) (wrote bool, err error
 	if err := os.Rename(dir, dst); err != nil {
 		return false, err
 	}
-	if err := syncDir(dst); err != nil {
+	if err := (logcore.OSFS{}).SyncDir(dst); err != nil {
 		os.Rename(dst, dir)
 		return false, err
 	}
-	if err := syncDir(k.store.links); err != nil {
+	if err := (logcore.OSFS{}).SyncDir(k.store.links); err != nil {
 		os.Rename(dst, dir)
 		return false, err
 	}
 	_, err = k.Write(encodeManifest(m))
 	return true, err
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Close finishes the snapshot and removes links no snapshot needs.

@@ -305,19 +305,30 @@ func (s *Server) handleStatus(c *call) {
 	c.goAsync(func() { c.replyJSON(s.status()) })
 }
 
+// clusterNodeArg reads the node id a cluster admin request carries as its
+// body (empty allowed if optional), answering the request with an error
+// if it is bad or this node is not in cluster mode.
+func (s *Server) clusterNodeArg(c *call, optional bool) (string, bool) {
+	id := strings.TrimSpace(string(c.req.Data()))
+	if (id != "" || !optional) && !protocol.ValidLogName(id) {
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "bad node id %q: want 1 to 128 characters from [A-Za-z0-9_-]", id))
+		return "", false
+	}
+	if s.cluster == nil {
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "this node is not in cluster mode"))
+		return "", false
+	}
+	return id, true
+}
+
 // handleRemove serves <prefix>.cluster.remove: the body is the id of a
 // member to remove from the cluster (an operator's decision for a node
 // that crashed and will not come back). Any node forwards it to the
 // leader. A node that is still running announces itself and is added
 // back; stop it first.
 func (s *Server) handleRemove(c *call) {
-	id := strings.TrimSpace(string(c.req.Data()))
-	if !protocol.ValidLogName(id) {
-		c.fail(protocol.Errorf(protocol.ErrBadRequest, "bad node id %q: want 1 to 128 characters from [A-Za-z0-9_-]", id))
-		return
-	}
-	if s.cluster == nil {
-		c.fail(protocol.Errorf(protocol.ErrBadRequest, "this node is not in cluster mode"))
+	id, ok := s.clusterNodeArg(c, false)
+	if !ok {
 		return
 	}
 	c.goAsync(func() {
@@ -334,13 +345,8 @@ func (s *Server) handleRemove(c *call) {
 // body is empty (maintenance, or moving the leader next to the clients).
 // Any node forwards it to the leader. The reply names the new leader.
 func (s *Server) handleStepDown(c *call) {
-	to := strings.TrimSpace(string(c.req.Data()))
-	if to != "" && !protocol.ValidLogName(to) {
-		c.fail(protocol.Errorf(protocol.ErrBadRequest, "bad node id %q: want 1 to 128 characters from [A-Za-z0-9_-]", to))
-		return
-	}
-	if s.cluster == nil {
-		c.fail(protocol.Errorf(protocol.ErrBadRequest, "this node is not in cluster mode"))
+	to, ok := s.clusterNodeArg(c, true)
+	if !ok {
 		return
 	}
 	c.goAsync(func() {
