@@ -583,7 +583,8 @@ func (n *clusterNode) onLeave(m *nats.Msg) {
 
 // onStepDown serves <prefix>._cluster.<name>.stepdown on the leader: it
 // hands leadership to the voter named in the body, or to any voter if the
-// body is empty, and answers "ok" once it no longer leads (or "error: ...").
+// body is empty, and answers "ok <its id>" once it no longer leads (or
+// "invalid: ..." for a target that cannot lead, "error: ...").
 func (n *clusterNode) onStepDown(m *nats.Msg) {
 	to := string(m.Data)
 	reply := func(err error) {
@@ -596,7 +597,7 @@ func (n *clusterNode) onStepDown(m *nats.Msg) {
 		case err != nil:
 			m.Respond([]byte("error: " + err.Error()))
 		default:
-			m.Respond([]byte("ok"))
+			m.Respond([]byte("ok " + n.id))
 		}
 	}
 	if n.raft.State() != raft.Leader {
@@ -651,16 +652,13 @@ func (e stepDownTargetError) Is(target error) bool { return target == errStepDow
 // allows: to, or any other than the old one. It returns the new leader.
 func (n *clusterNode) stepDown(to string, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
-	old := ""
-	if _, id := n.raft.LeaderWithID(); id != "" {
-		old = string(id)
-	}
+	old := "" // the leader that stepped down
 	asked := false
 	for !asked {
 		m, err := n.rnc.Request(n.stepDownSubject, []byte(to), min(time.Until(deadline), n.cfg.ApplyTimeout))
 		switch {
-		case err == nil && string(m.Data) == "ok":
-			asked = true
+		case err == nil && strings.HasPrefix(string(m.Data), "ok "):
+			old, asked = strings.TrimPrefix(string(m.Data), "ok "), true
 		case err == nil && strings.HasPrefix(string(m.Data), "invalid: "):
 			return "", stepDownTargetError(strings.TrimPrefix(string(m.Data), "invalid: "))
 		case err == nil:
