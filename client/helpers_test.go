@@ -155,7 +155,14 @@ func (c *cluster) leader(cl *client.Client) string {
 
 func (c *cluster) conn() *nats.Conn {
 	c.t.Helper()
-	nc, err := nats.Connect(c.url, nats.Timeout(5*time.Second))
+	return c.connAt(c.url)
+}
+
+// connAt connects to the NATS server at url (a cluster whose nodes are on
+// servers of their own).
+func (c *cluster) connAt(url string) *nats.Conn {
+	c.t.Helper()
+	nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -165,7 +172,13 @@ func (c *cluster) conn() *nats.Conn {
 
 func (c *cluster) client(opts ...client.Option) *client.Client {
 	c.t.Helper()
-	cl, err := client.Connect(c.conn(), append([]client.Option{client.WithRefreshInterval(200 * time.Millisecond)}, opts...)...)
+	return c.clientAt(c.url, opts...)
+}
+
+// clientAt is a client on the NATS server at url.
+func (c *cluster) clientAt(url string, opts ...client.Option) *client.Client {
+	c.t.Helper()
+	cl, err := client.Connect(c.connAt(url), append([]client.Option{client.WithRefreshInterval(200 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/anishathalye/porcupine"
 
 	"github.com/natlog/natlog/client"
+	"github.com/natlog/natlog/internal/testnats"
+	"github.com/natlog/natlog/sidecar"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -95,12 +97,90 @@ func TestLinearizableUnderLeaderFailures(t *testing.T) {
 	c := newCluster(t, 3)
 	admin := c.client()
 	c.leader(admin)
+	var workers []*client.Client
+	for range 4 {
+		workers = append(workers, c.client(client.WithRequestTimeout(2*time.Second)))
+	}
+	// The nemesis: stop the leader with operations in flight, wait for a
+	// new one, bring the old one back; twice.
+	checkLinearizable(t, admin, workers, func(waitOps func(int)) {
+		for range 2 {
+			waitOps(400)
+			old := c.leader(admin)
+			c.stop(old)
+			eventually(t, 30*time.Second, "a new leader", func() bool {
+				l := c.leader(admin)
+				return l != "" && l != old
+			})
+			c.start(old, 3)
+		}
+		waitOps(400)
+	})
+}
+
+// TestLinearizableUnderPartitions: the same check across network
+// partitions. Every node has its own nats-server, the servers' routes run
+// through links (testnats.Routed), and the workers are spread over the
+// servers; the nemesis cuts the leader's server off from the others while
+// operations are in flight on both sides, waits for the majority to elect
+// a leader and to go on, and heals the partition; twice.
+func TestLinearizableUnderPartitions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a cluster with failures: not in -short")
+	}
+	rn := testnats.NewRouted(t, 3)
+	srv := map[string]int{"n1": 0, "n2": 1, "n3": 2}
+	c := newCluster(t, 3, func(cfg *sidecar.Config) { cfg.NATSURL = rn.URL(srv[cfg.NodeID]) })
+	var admins, workers []*client.Client
+	for i := range 3 {
+		admins = append(admins, c.clientAt(rn.URL(i)))
+	}
+	for w := range 4 {
+		workers = append(workers, c.clientAt(rn.URL(w%3), client.WithRequestTimeout(2*time.Second)))
+	}
+	c.leader(admins[0])
+	checkLinearizable(t, admins[0], workers, func(waitOps func(int)) {
+		for range 2 {
+			waitOps(400)
+			old := c.leader(admins[0])
+			rn.Isolate(srv[old])
+			var rest []string
+			for _, id := range c.ids() {
+				if id != old {
+					rest = append(rest, id)
+				}
+			}
+			admin := admins[srv[rest[0]]]
+			eventually(t, 30*time.Second, "a leader on the majority's side", func() bool {
+				for _, id := range rest {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					st, err := admin.StatusOf(ctx, id)
+					cancel()
+					if err != nil || st.Leader == "" || st.Leader == old {
+						return false
+					}
+				}
+				return true
+			})
+			waitOps(200)
+			rn.Heal()
+			c.leader(admins[0])
+		}
+		waitOps(400)
+	})
+}
+
+// checkLinearizable runs workers that append to and linearizably read
+// one log while nemesis runs (it may wait for the history to grow by n
+// operations with waitOps(n)), then reads the whole log through admin and
+// checks the history with porcupine.
+func checkLinearizable(t *testing.T, admin *client.Client, workers []*client.Client, nemesis func(waitOps func(n int))) {
+	t.Helper()
 	ctx := ctxT(t, 3*time.Minute)
 	const logName = "lin"
 	if _, err := admin.Create(ctx, logName, protocol.LogSettings{}); err != nil {
 		t.Fatal(err)
 	}
-
 	start := time.Now()
 	now := func() int64 { return int64(time.Since(start)) }
 	var (
@@ -115,10 +195,8 @@ func TestLinearizableUnderLeaderFailures(t *testing.T) {
 		mu.Unlock()
 	}
 
-	const workers = 4
 	var wg sync.WaitGroup
-	for w := range workers {
-		cl := c.client(client.WithRequestTimeout(2 * time.Second))
+	for w, cl := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -163,19 +241,7 @@ func TestLinearizableUnderLeaderFailures(t *testing.T) {
 		}()
 	}
 
-	// The nemesis: stop the leader with operations in flight, wait for a
-	// new one, bring the old one back; twice.
-	for range 2 {
-		waitOps(t, &mu, &history, 400)
-		old := c.leader(admin)
-		c.stop(old)
-		eventually(t, 30*time.Second, "a new leader", func() bool {
-			l := c.leader(admin)
-			return l != "" && l != old
-		})
-		c.start(old, 3)
-	}
-	waitOps(t, &mu, &history, 400)
+	nemesis(func(n int) { waitOps(t, &mu, &history, n) })
 	stop.Store(true)
 	wg.Wait()
 
@@ -195,7 +261,7 @@ func TestLinearizableUnderLeaderFailures(t *testing.T) {
 		}
 		off = b.Next
 	}
-	history = append(history, porcupine.Operation{ClientId: workers, Input: linInput{op: "all"}, Call: call, Output: linOutput{value: all.String()}, Return: now()})
+	history = append(history, porcupine.Operation{ClientId: len(workers), Input: linInput{op: "all"}, Call: call, Output: linOutput{value: all.String()}, Return: now()})
 
 	var appends, reads, unknown int
 	for _, op := range history {

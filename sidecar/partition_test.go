@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natlog/natlog/internal/testnats"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -133,17 +134,17 @@ func (h *appendHistory) check(t *testing.T, node string, log []string) {
 // its stale log. After the partition heals, every node holds the same log,
 // every acknowledged append exactly once at its offset.
 func TestClusterPartitionedLeader(t *testing.T) {
-	rn := newRoutedNATS(t, 3)
+	rn := testnats.NewRouted(t, 3)
 	ids := []string{"n1", "n2", "n3"}
 	srv := map[string]int{"n1": 0, "n2": 1, "n3": 2}
 	tc := newTestCluster(t)
-	tc.tweak = func(c *Config) { c.NATSURL = rn.url(srv[c.NodeID]) }
+	tc.tweak = func(c *Config) { c.NATSURL = rn.URL(srv[c.NodeID]) }
 	for _, id := range ids {
 		tc.start(id, 3)
 	}
 	old := tc.leader()
 	other := notNode(old)
-	minority, majority := rn.client(t, srv[old]), rn.client(t, srv[other])
+	minority, majority := natsConn(t, rn.URL(srv[old])), natsConn(t, rn.URL(srv[other]))
 	before := appendN(t, majority, "p", "before", 20)
 	tc.converged("p", before)
 
@@ -181,7 +182,7 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	waitAcks("maj", 20, "appends on the majority's side before the cut")
 	waitAcks("min", 20, "appends on the leader's side before the cut")
 
-	rn.isolate(srv[old])
+	rn.Isolate(srv[old])
 	t.Logf("leader %s cut off with %d acknowledged appends", old, len(h.acked))
 	var majorityIDs []string
 	for _, id := range ids {
@@ -224,7 +225,7 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	}
 
 	minBefore := h.acks("min")
-	rn.heal()
+	rn.Heal()
 	t.Logf("healed; %s leads", leader)
 	waitAcks("min", 5, "appends on the old leader's side after the heal")
 	waitAcks("maj", 5, "appends on the majority's side after the heal")
@@ -248,4 +249,15 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	for _, id := range ids {
 		h.check(t, id, tc.records(id, "p"))
 	}
+}
+
+// natsConn connects to url, closed when the test ends.
+func natsConn(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }

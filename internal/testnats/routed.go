@@ -1,4 +1,4 @@
-package sidecar
+package testnats
 
 import (
 	"io"
@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 )
 
 // link is a TCP proxy on loopback that carries the NATS route between two
@@ -110,18 +109,19 @@ func (k *link) close() {
 	k.wg.Wait()
 }
 
-// routedNATS is a NATS cluster of in-process nats-servers whose routes
+// Routed is a NATS cluster of in-process nats-servers whose routes
 // run through links, so that a test can partition the network between
 // them. Server i solicits a route to every server j > i through
 // links[i][j].
-type routedNATS struct {
+type Routed struct {
 	servers []*server.Server
 	links   map[[2]int]*link
 }
 
-func newRoutedNATS(t testing.TB, n int) *routedNATS {
+// NewRouted starts n servers, stopped when the test ends.
+func NewRouted(t testing.TB, n int) *Routed {
 	t.Helper()
-	rn := &routedNATS{servers: make([]*server.Server, n), links: map[[2]int]*link{}}
+	rn := &Routed{servers: make([]*server.Server, n), links: map[[2]int]*link{}}
 	t.Cleanup(func() {
 		for _, k := range rn.links {
 			k.close()
@@ -170,21 +170,12 @@ func newRoutedNATS(t testing.TB, n int) *routedNATS {
 	return rn
 }
 
-func (rn *routedNATS) url(i int) string { return rn.servers[i].ClientURL() }
+// URL is server i's client URL.
+func (rn *Routed) URL(i int) string { return rn.servers[i].ClientURL() }
 
-// client connects to server i, closed when the test ends.
-func (rn *routedNATS) client(t testing.TB, i int) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(rn.url(i), nats.Timeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
-
-// isolate cuts every link of server i.
-func (rn *routedNATS) isolate(i int) {
+// Isolate cuts every link of server i: a partition between it and the
+// others (which stay connected to each other).
+func (rn *Routed) Isolate(i int) {
 	for p, k := range rn.links {
 		if p[0] == i || p[1] == i {
 			k.cut()
@@ -192,8 +183,9 @@ func (rn *routedNATS) isolate(i int) {
 	}
 }
 
-// heal heals every link.
-func (rn *routedNATS) heal() {
+// Heal heals every link; the servers redial their routes within about a
+// second.
+func (rn *Routed) Heal() {
 	for _, k := range rn.links {
 		k.heal()
 	}
