@@ -183,7 +183,7 @@ func TestClusterPartitionedLeader(t *testing.T) {
 	waitAcks("min", 20, "appends on the leader's side before the cut")
 
 	rn.Isolate(srv[old])
-	t.Logf("leader %s cut off with %d acknowledged appends", old, len(h.acked))
+	t.Logf("leader %s cut off with %d acknowledged appends", old, h.acks("maj")+h.acks("min")+len(before))
 	var majorityIDs []string
 	for _, id := range ids {
 		if id != old {
