@@ -12,13 +12,14 @@ import (
 
 // stats are the log's counters.
 type stats struct {
-	tornTails     atomic.Int64
-	tornBytes     atomic.Int64
-	recoveries    atomic.Int64
-	indexRebuilds atomic.Int64
-	syncs         atomic.Int64
-	rolls         atomic.Int64
-	retained      atomic.Int64 // segments removed by retention
+	tornTails       atomic.Int64
+	tornBytes       atomic.Int64
+	recoveries      atomic.Int64
+	indexRebuilds   atomic.Int64
+	syncs           atomic.Int64
+	rolls           atomic.Int64
+	retained        atomic.Int64 // segments removed by retention
+	reserveFailures atomic.Int64
 }
 
 // Stats are counters of what a Log has done since Open.
@@ -30,18 +31,23 @@ type Stats struct {
 	Syncs          int64 // store fsyncs
 	Rolls          int64 // new segments started
 	RetainedRemove int64 // segments removed by retention
+	// ReserveFailures counts appends refused because the file space for
+	// them could not be written first: a full disk. Nothing of them was
+	// written and the log goes on.
+	ReserveFailures int64
 }
 
 // Stats returns the log's counters.
 func (l *Log) Stats() Stats {
 	return Stats{
-		TornTails:      l.stats.tornTails.Load(),
-		TornBytes:      l.stats.tornBytes.Load(),
-		Recoveries:     l.stats.recoveries.Load(),
-		IndexRebuilds:  l.stats.indexRebuilds.Load(),
-		Syncs:          l.stats.syncs.Load(),
-		Rolls:          l.stats.rolls.Load(),
-		RetainedRemove: l.stats.retained.Load(),
+		TornTails:       l.stats.tornTails.Load(),
+		TornBytes:       l.stats.tornBytes.Load(),
+		Recoveries:      l.stats.recoveries.Load(),
+		IndexRebuilds:   l.stats.indexRebuilds.Load(),
+		Syncs:           l.stats.syncs.Load(),
+		Rolls:           l.stats.rolls.Load(),
+		RetainedRemove:  l.stats.retained.Load(),
+		ReserveFailures: l.stats.reserveFailures.Load(),
 	}
 }
 

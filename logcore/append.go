@@ -55,6 +55,19 @@ func (l *Log) AppendBatch(recs []Record) (uint64, error) {
 			return 0, err
 		}
 	}
+	if !l.fitsLocked(int64(FrameSize(&recs[0]))) {
+		if err := l.rollLocked(); err != nil {
+			l.mu.Unlock()
+			return 0, err
+		}
+	}
+	// Reserve the space of the batch (its part in this segment) before
+	// writing any of it, so that a full disk refuses it whole: the error
+	// is definite and the log goes on.
+	if err := l.reserveLocked(min(total, l.cfg.MaxSegmentBytes-l.active.size), len(recs)); err != nil {
+		l.mu.Unlock()
+		return 0, err
+	}
 	first, gen := l.next, l.gen
 	var now int64
 	for i := range recs {
@@ -119,6 +132,11 @@ func (l *Log) writeLocked(r *Record, nextSize int64) error {
 		}
 		s = l.active
 	}
+	if err := l.reserveLocked(size, 1); err != nil {
+		// Only the part of a batch that rolled to a new segment gets
+		// here with its space not reserved; the part before is durable.
+		return l.failLocked(err)
+	}
 	more := nextSize > 0 && s.size+size+nextSize <= l.cfg.MaxSegmentBytes && s.count+1 < s.idx.capacity()
 	pos := s.size
 	s.buf = appendFrame(s.buf, r, more)
@@ -148,9 +166,6 @@ func (l *Log) fitsLocked(size int64) bool {
 func (l *Log) flushLocked() error {
 	s := l.active
 	if len(s.buf) > 0 {
-		if err := l.prewriteLocked(s); err != nil {
-			return l.failLocked(fmt.Errorf("prewrite %s: %w", s.path(storeExt), err))
-		}
 		n, err := s.store.Write(s.buf)
 		if err != nil || n != len(s.buf) {
 			if err == nil {
@@ -172,27 +187,51 @@ func (l *Log) flushLocked() error {
 	return nil
 }
 
-// zeroBlock is what prewriteLocked writes, never modified: a 1 MiB buffer
+// zeroBlock is what reservations write, never modified: a 1 MiB buffer
 // allocated per step cost a tenth of the CPU of batch appends (clearing it,
 // and the scavenger returning it).
 var zeroBlock [256 << 10]byte
 
-// prewriteLocked fills the store with zeros ahead of the data about to be
-// written, Config.PrewriteBytes at a time (see there), under SyncAlways
-// only: with the other policies fsyncs are rare and the zeros would double
-// the bytes written. The zeros become durable with the next fsync.
-func (l *Log) prewriteLocked(s *segment) error {
+// reserveLocked makes sure the active segment has file space for bytes
+// more store bytes and n more index entries before they are buffered, so
+// that a full disk is found before anything is written. The index file is
+// grown with a hole and its entries are stored through a mapping: a store
+// into a hole on a full disk kills the process (SIGBUS), so index space is
+// always written first (index.reserve). Under SyncAlways the store is
+// filled with zeros ahead of the data, Config.PrewriteBytes at a time:
+// then an fsync overwrites blocks that exist instead of allocating new
+// ones and growing the file, and a write of data into them cannot run out
+// of space. Under the other policies fsyncs are rare and the zeros would
+// double the bytes written, so the store's space is not reserved: a full
+// disk fails the write of the buffer (ErrFailed).
+func (l *Log) reserveLocked(bytes int64, n int) error {
+	s := l.active
+	if c := s.idx.capacity(); s.count < c {
+		if err := s.idx.reserve(s.count, s.count+uint32(min(n, int(c-s.count)))); err != nil {
+			l.stats.reserveFailures.Add(1)
+			return fmt.Errorf("logcore: %s: %w", s.path(indexExt), err)
+		}
+	}
 	step := l.cfg.PrewriteBytes
-	if step <= 0 || l.cfg.Sync != SyncAlways || s.size <= s.prewritten {
+	need := s.size + bytes
+	if step <= 0 || l.cfg.Sync != SyncAlways || need <= s.prewritten {
 		return nil
 	}
-	end := min(s.size+step, max(l.cfg.MaxSegmentBytes, s.size))
-	for at := max(s.prewritten, s.flushed.Load()); at < end; {
-		n := min(int64(len(zeroBlock)), end-at)
-		if _, err := s.store.WriteAt(zeroBlock[:n], at); err != nil {
-			return err
+	// Zeros never go over data on file; over buffered data they do (the
+	// buffer's write replaces them).
+	at := max(s.prewritten, s.flushed.Load())
+	end := max(need, min(s.size+step, l.cfg.MaxSegmentBytes))
+	for at < end {
+		w, err := s.store.WriteAt(zeroBlock[:min(int64(len(zeroBlock)), end-at)], at)
+		at += int64(max(w, 0))
+		if err != nil {
+			s.prewritten = max(s.prewritten, at)
+			if at >= need {
+				return nil // short of a step ahead, but this append fits
+			}
+			l.stats.reserveFailures.Add(1)
+			return fmt.Errorf("logcore: reserve space in %s: %w", s.path(storeExt), err)
 		}
-		at += n
 	}
 	s.prewritten = end
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -303,3 +304,90 @@ func TestFaults(t *testing.T) {
 }
 
 func (c Config) withFS(fs FS) Config { c.FS = fs; return c }
+
+// TestDiskFull: a disk that fills up. An append reserves its file space
+// (zeros written ahead in the store, under SyncAlways; index space always)
+// before it writes anything: if the space cannot be had, it fails with a
+// definite error and the log goes on once there is space again. Nothing is
+// ever stored through the index mapping into space not written first
+// (which a full disk answers with SIGBUS: checkNoStoresInHoles, run by
+// openLog).
+func TestDiskFull(t *testing.T) {
+	suffix := func(name, ext string) bool { return strings.HasSuffix(name, ext) }
+	t.Run("room for the append, not for a step of zeros", func(t *testing.T) {
+		ffs := NewFaultFS(NewMemFS())
+		cfg := testConfig(SyncAlways).withFS(ffs)
+		cfg.MaxSegmentBytes = 1 << 20
+		cfg.PrewriteBytes = 64 << 10
+		l := openLog(t, "/d", cfg)
+		appendN(t, l, 0, 10)
+		// Every write of zeros stops after 1 KiB.
+		ffs.SetHook(func(op Op, name string) Fault {
+			if op == OpWriteAt && suffix(name, ".store") {
+				return Fault{Err: syscall.ENOSPC, Written: 1024}
+			}
+			return Fault{}
+		})
+		appendN(t, l, 10, 2000) // well past the zeros written before
+		if got := l.Stats().ReserveFailures; got != 0 {
+			t.Fatalf("ReserveFailures = %d, want 0", got)
+		}
+		ffs.SetHook(nil)
+		must(t, l.Close())
+		l = openLog(t, "/d", cfg)
+		defer l.Close()
+		checkRecords(t, l, 0, 2010)
+	})
+	for _, ext := range []string{".store", ".index"} {
+		t.Run("no room in the "+ext[1:], func(t *testing.T) {
+			ffs := NewFaultFS(NewMemFS())
+			cfg := testConfig(SyncAlways).withFS(ffs)
+			cfg.MaxIndexBytes = indexEntryWidth * 100_000
+			cfg.MaxSegmentBytes = 64 << 20
+			cfg.PrewriteBytes = 64 << 10
+			l := openLog(t, "/d", cfg)
+			// Up to the end of the space reserved so far in the file.
+			var recs []Record
+			var size int64
+			for i := 0; i < indexReserveStep/indexEntryWidth; i++ {
+				r := testRecord(i)
+				if size += int64(FrameSize(&r)); ext == ".store" && size > cfg.PrewriteBytes {
+					break
+				}
+				recs = append(recs, r)
+			}
+			if _, err := l.AppendBatch(recs); err != nil {
+				t.Fatal(err)
+			}
+			n := len(recs)
+			var full atomic.Bool
+			full.Store(true)
+			ffs.SetHook(func(op Op, name string) Fault {
+				if full.Load() && op == OpWriteAt && suffix(name, ext) {
+					return Fault{Err: syscall.ENOSPC}
+				}
+				return Fault{}
+			})
+			for range 3 {
+				// Enough for a new step of both files.
+				_, err := l.AppendBatch([]Record{testRecord(n), {Value: make([]byte, 64<<10)}})
+				if !errors.Is(err, syscall.ENOSPC) || errors.Is(err, ErrFailed) {
+					t.Fatalf("AppendBatch on a full disk = %v, want ENOSPC, not ErrFailed (nothing was written)", err)
+				}
+			}
+			if got := l.NextOffset(); got != uint64(n) {
+				t.Fatalf("NextOffset after refused appends = %d, want %d", got, n)
+			}
+			if got := l.Stats().ReserveFailures; got != 3 {
+				t.Fatalf("ReserveFailures = %d, want 3", got)
+			}
+			checkRecords(t, l, 0, n)
+			full.Store(false) // room again
+			appendN(t, l, n, 100)
+			must(t, l.Close())
+			l = openLog(t, "/d", cfg)
+			defer l.Close()
+			checkRecords(t, l, 0, n+100)
+		})
+	}
+}

@@ -82,6 +82,17 @@
 // After a failed write or fsync the log refuses further appends (ErrFailed)
 // until it is reopened, since the state of the file is then unknown.
 //
+// A full disk is found before anything is written: an append first
+// reserves its file space (index space always, store space with
+// SyncAlways: the zeros above), by writing it. If that fails, the append
+// returns the error (wrapping syscall.ENOSPC), nothing of it was written,
+// and the log takes appends again once there is room. Space is written
+// rather than mapped for a reason: the index file is grown with a hole, and
+// a store through the mapping into a hole on a full disk is answered with
+// SIGBUS, which kills the process. Only what cannot be reserved ahead can
+// still fail a log on a full disk: the creation of a new segment, a time
+// index entry, and with the other policies the write of the buffer.
+//
 // # Concurrency
 //
 // A Log is safe for concurrent use: appends are serialised internally, reads

@@ -25,7 +25,22 @@ func openLog(t testing.TB, dir string, cfg Config) *Log {
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
+	t.Cleanup(func() { checkNoStoresInHoles(t, cfg.FS) })
 	return l
+}
+
+// checkNoStoresInHoles fails the test if the log stored bytes through a
+// mapping into a hole of a MemFS file (see MemFS.StoresInHoles).
+func checkNoStoresInHoles(t testing.TB, fsys FS) {
+	t.Helper()
+	if f, ok := fsys.(*FaultFS); ok {
+		fsys = f.Inner()
+	}
+	if m, ok := fsys.(*MemFS); ok {
+		if bad := m.StoresInHoles(); len(bad) > 0 {
+			t.Errorf("stores through a mapping into holes (SIGBUS on a full disk): %v", bad)
+		}
+	}
 }
 
 // testRecord returns the i-th record of a test: a value that says its index

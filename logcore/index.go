@@ -19,6 +19,40 @@ const indexEntryWidth = 12
 type index struct {
 	file File
 	mmap []byte
+	// backed is how far from the start the file is known to hold written
+	// blocks. The file is grown to its full size with a truncate, which
+	// leaves a hole, and a store through the mapping into a hole must
+	// allocate a block: on a full disk the kernel answers that with
+	// SIGBUS, which kills the process. So entries are only stored below
+	// backed, and reserve moves it ahead with real writes, which report a
+	// full disk as an error.
+	backed int64
+}
+
+// indexReserveStep is how far ahead reserve writes: one write per 5,461
+// entries.
+const indexReserveStep = 64 << 10
+
+// reserve makes the file's blocks for the entries below n exist before
+// they are stored through the mapping (see backed), writing zeros a step
+// ahead. count is the number of valid entries: those below it hold data
+// already and are never written over. n is capped at the capacity.
+func (x *index) reserve(count, n uint32) error {
+	need := min(int64(n)*indexEntryWidth, int64(len(x.mmap)))
+	if need <= x.backed {
+		return nil
+	}
+	at := max(x.backed, int64(count)*indexEntryWidth)
+	end := min(max(need, at+indexReserveStep), int64(len(x.mmap)))
+	for at < end {
+		k := min(int64(len(zeroBlock)), end-at)
+		if _, err := x.file.WriteAt(zeroBlock[:k], at); err != nil {
+			return fmt.Errorf("reserve index space: %w", err)
+		}
+		at += k
+	}
+	x.backed = end
+	return nil
 }
 
 // openIndexFile maps an index file of at least size bytes (growing it with
@@ -57,7 +91,8 @@ func (x *index) pos(n uint32) uint64 {
 	return binary.BigEndian.Uint64(x.mmap[int(n)*indexEntryWidth+4:])
 }
 
-// put writes entry n; n must be below capacity.
+// put writes entry n; n must be below capacity, and the file's space for it
+// reserved (reserve).
 func (x *index) put(n uint32, pos uint64) {
 	b := x.mmap[int(n)*indexEntryWidth:]
 	binary.BigEndian.PutUint32(b, n)

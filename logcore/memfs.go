@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -66,6 +67,35 @@ type memNode struct {
 	data   []byte
 	synced []byte
 	maps   int
+	// holes are the ranges of data that grew by a truncate (or by a
+	// write past the end) and were not written since, sorted and
+	// disjoint: on a real file system they have no blocks. A write call
+	// fills them; a store through a mapping does not (see StoresInHoles).
+	holes []memSpan
+}
+
+// memSpan is the byte range [from, to).
+type memSpan struct{ from, to int }
+
+// fill removes [from, to) from the holes.
+func (n *memNode) fill(from, to int) {
+	if len(n.holes) == 0 || from >= to {
+		return
+	}
+	var out []memSpan
+	for _, h := range n.holes {
+		if h.to <= from || h.from >= to {
+			out = append(out, h)
+			continue
+		}
+		if h.from < from {
+			out = append(out, memSpan{h.from, from})
+		}
+		if h.to > to {
+			out = append(out, memSpan{to, h.to})
+		}
+	}
+	n.holes = out
 }
 
 func newMemDir() *memNode {
@@ -360,6 +390,43 @@ func (n *memNode) crash(opts *CrashOptions, rng *rand.Rand) {
 	n.data = data
 	n.synced = bytes.Clone(data)
 	n.maps = 0
+	n.fill(len(data), math.MaxInt)
+}
+
+// StoresInHoles returns the files (with the offset) that hold a non-zero
+// byte in a hole: a range that grew by a truncate and was never written
+// since. Only a store through a mapping puts bytes there. On a real file
+// system such a store must allocate a block when it faults, and on a full
+// disk the kernel answers with SIGBUS, which kills the process: space
+// must be written (index.reserve) before entries are stored into it.
+// Tests check it. (A store of zeros is not seen.)
+func (m *MemFS) StoresInHoles() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	seen := map[*memNode]bool{}
+	var walk func(dir string, d *memNode)
+	walk = func(dir string, d *memNode) {
+		for _, name := range slices.Sorted(maps.Keys(d.live)) {
+			c, p := d.live[name], dir+"/"+name
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			if c.isDir {
+				walk(p, c)
+				continue
+			}
+			for _, h := range c.holes {
+				if i := slices.IndexFunc(c.data[h.from:h.to], func(b byte) bool { return b != 0 }); i >= 0 {
+					out = append(out, fmt.Sprintf("%s at %d", p, h.from+i))
+					break
+				}
+			}
+		}
+	}
+	walk("", m.root)
+	return out
 }
 
 // lookupFileLocked returns the file named name.
@@ -444,23 +511,25 @@ func (n *memNode) resize(size int, exact bool) error {
 		return syscall.EFBIG
 	}
 	old := len(n.data)
-	if size <= cap(n.data) {
-		n.data = n.data[:size]
-		if size > old {
-			clear(n.data[old:])
+	if size > cap(n.data) {
+		if n.maps > 0 {
+			return errMemMapped
 		}
-		return nil
+		c := size
+		if !exact {
+			c = max(size, 2*cap(n.data))
+		}
+		data := make([]byte, old, c)
+		copy(data, n.data)
+		n.data = data
 	}
-	if n.maps > 0 {
-		return errMemMapped
+	n.data = n.data[:size]
+	if size > old {
+		clear(n.data[old:])
+		n.holes = append(n.holes, memSpan{old, size})
+	} else {
+		n.fill(size, old)
 	}
-	c := size
-	if !exact {
-		c = max(size, 2*cap(n.data))
-	}
-	data := make([]byte, size, c)
-	copy(data, n.data)
-	n.data = data
 	return nil
 }
 
@@ -534,6 +603,7 @@ func (f *memFile) writeAtLocked(op string, p []byte, off int64) (int, error) {
 			return 0, f.err(op, err)
 		}
 	}
+	f.node.fill(int(off), int(end))
 	return copy(f.node.data[off:], p), nil
 }
 

@@ -1,6 +1,7 @@
 package logcore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -176,18 +177,31 @@ func (s *segment) openSealed(fsys FS, l *Log) error {
 }
 
 // writeIndex replaces f's contents with entries for positions, sized to
-// size bytes (at least the entries), syncs it and maps it.
+// size bytes (at least the entries), syncs it and maps it. The entries are
+// written with write calls, not through the mapping, so that a full disk
+// is an error (see index.backed).
 func writeIndex(f File, positions []uint64, size int64) (*index, error) {
 	if err := f.Truncate(0); err != nil {
 		return nil, err
+	}
+	var b []byte
+	var at int64
+	for i, p := range positions {
+		b = binary.BigEndian.AppendUint32(b, uint32(i))
+		b = binary.BigEndian.AppendUint64(b, p)
+		if len(b) >= 64<<10 || i == len(positions)-1 {
+			if _, err := f.WriteAt(b, at); err != nil {
+				return nil, err
+			}
+			at += int64(len(b))
+			b = b[:0]
+		}
 	}
 	x, err := openIndexFile(f, size)
 	if err != nil {
 		return nil, err
 	}
-	for i, p := range positions {
-		x.put(uint32(i), p)
-	}
+	x.backed = at
 	if err := f.Sync(); err != nil {
 		x.file.Unmap(x.mmap)
 		return nil, err
