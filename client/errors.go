@@ -82,7 +82,11 @@ func outcome(err error) (retry, indefinite bool) {
 			return true, !strings.Contains(perr.Description, "nothing was written")
 		case protocol.CodeUnavailable:
 			return true, false
-		case protocol.CodeStorage, protocol.CodeInternal:
+		case protocol.CodeStorage:
+			// A write that failed before it wrote anything (a full
+			// disk) says so.
+			return false, !strings.Contains(perr.Description, "nothing was written")
+		case protocol.CodeInternal:
 			return false, true
 		}
 		return false, false

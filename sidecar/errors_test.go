@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -164,6 +165,39 @@ func TestStorageFailure(t *testing.T) {
 	// Shutdown says the log failed.
 	if err := s.Shutdown(t.Context()); !errors.Is(err, logcore.ErrFailed) {
 		t.Fatalf("Shutdown after a failed fsync: %v", err)
+	}
+}
+
+// A full disk: an append whose file space cannot be reserved fails with
+// ErrStorage saying nothing was written, and the log takes appends again
+// once there is room, without a restart.
+func TestDiskFull(t *testing.T) {
+	cfg := testConfig(t)
+	ffs := logcore.NewFaultFS(logcore.OSFS{})
+	cfg.Log.FS = ffs
+	cfg.Log.PrewriteBytes = 64 << 10
+	s := startNode(t, cfg)
+	nc := connectTo(t, s)
+	wantOK(t, request(t, nc, "natlog.append.f", []byte("ok"), nil))
+	// The disk is full (and the space written ahead is too small).
+	ffs.SetHook(logcore.Rule{Ops: []logcore.Op{logcore.OpWriteAt}, Suffix: ".store", Fault: logcore.Fault{Err: syscall.ENOSPC}}.Hook())
+	big := bytes.Repeat([]byte("x"), 512<<10)
+	for range 3 {
+		m := request(t, nc, "natlog.append.f", big, nil)
+		wantError(t, m, protocol.ErrStorage)
+		if d := m.Header.Get("Description"); !strings.Contains(d, "no space left on device") || !strings.Contains(d, "nothing was written") {
+			t.Fatalf("append on a full disk: %q", d)
+		}
+	}
+	ffs.SetHook(nil) // room again
+	m := request(t, nc, "natlog.append.f", big, nil)
+	wantOK(t, m)
+	var r protocol.AppendReply
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Offset != 1 {
+		t.Fatalf("append after the disk had room again: %s (%v), want offset 1", m.Data, err)
+	}
+	if m := request(t, nc, "natlog.read.f", []byte("1"), nil); !bytes.Equal(m.Data, big) {
+		t.Fatalf("read back %d bytes, want %d", len(m.Data), len(big))
 	}
 }
 

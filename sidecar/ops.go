@@ -110,7 +110,18 @@ func (s *Server) appendTo(e *logEntry, recs []logcore.Record, o appendOpts) (app
 			return appendResult{}, protocol.Errorf(protocol.ErrUnavailable, "log %q was deleted while appending; retry", e.name)
 		}
 		s.logger.Error("natlog: append failed", "log", e.name, "err", err)
-		return appendResult{}, e.storageError(err)
+		perr := e.storageError(err)
+		if perr.ErrCode == protocol.CodeStorage {
+			// logcore: ErrFailed leaves the outcome open and the log
+			// refusing appends; any other error wrote nothing (a full
+			// disk found before the write, say) and the log goes on.
+			if errors.Is(err, logcore.ErrFailed) {
+				perr = protocol.Errorf(protocol.ErrStorage, "log %q: %v (this append may have been written; the log takes no more appends until the node restarts)", e.name, err)
+			} else {
+				perr = protocol.Errorf(protocol.ErrStorage, "log %q: %v: nothing was written", e.name, err)
+			}
+		}
+		return appendResult{}, perr
 	}
 	return appendResult{first: first, count: len(recs)}, nil
 }
