@@ -74,7 +74,10 @@ func (c *cliConn) parse(fs *flag.FlagSet, args []string, want int, names string)
 // is in the cluster. subject is what the command asks, for error messages.
 func (c *cliConn) connect(subject string) error {
 	c.subject = subject
-	opts := []nats.Option{nats.Name("natlog cli"), nats.Timeout(c.timeout)}
+	// Errors are the command's to report (nats.go's default handler
+	// prints the asynchronous ones, a permissions violation among them).
+	opts := []nats.Option{nats.Name("natlog cli"), nats.Timeout(c.timeout),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})}
 	if c.creds != "" {
 		opts = append(opts, nats.UserCredentials(c.creds))
 	}
@@ -117,6 +120,16 @@ func (c *cliConn) explain(err error) error {
 		return nil
 	case errors.As(err, &perr):
 		return replyError{perr}
+	case errors.Is(err, nats.ErrPermissionViolation):
+		user := "this NATS user"
+		if c.user != "" {
+			user = fmt.Sprintf("NATS user %q", c.user)
+		}
+		subject := c.subject
+		if _, s, ok := strings.Cut(err.Error(), "for Publish to "); ok {
+			subject = strings.Trim(strings.TrimSpace(s), `"'`)
+		}
+		return fmt.Errorf("not permitted: %s may not publish to %s (the NATS server's permissions)", user, subject)
 	case errors.Is(err, nats.ErrNoResponders):
 		return fmt.Errorf("no natlog node answers on %s at %s (is \"natlog serve\" running, with --prefix %s? a cluster without a leader?)", c.subject, c.server, c.prefix)
 	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):

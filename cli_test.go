@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -47,6 +48,9 @@ func TestExplain(t *testing.T) {
 		{"append timeout on connect: nothing sent", "natlog.append.orders",
 			&client.Error{Op: "connect", Err: context.DeadlineExceeded},
 			"no reply on natlog.append.orders within 2s"},
+		{"refused by the NATS server's permissions", "natlog.append.orders",
+			&client.Error{Op: "connect", Err: fmt.Errorf("%w: Permissions Violation for Publish to \"natlog.cluster.status\"", nats.ErrPermissionViolation)},
+			`not permitted: this NATS user may not publish to natlog.cluster.status (the NATS server's permissions)`},
 		{"other errors as they are", "natlog.logs", other, other.Error()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

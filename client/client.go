@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,6 +144,22 @@ type Client struct {
 	// closeMu orders Close against AppendAsync starting a producer
 	// goroutine: none is added to wg once Close waits for it.
 	closeMu sync.RWMutex
+
+	// Requests waiting for a reply, so that one the NATS server refuses
+	// to let this connection publish (a permissions violation, which
+	// nats.go reports only to the connection's error handler) fails at
+	// once instead of at its timeout. See request.
+	reqMu   sync.Mutex
+	waiting map[*waitingRequest]struct{}
+	// nodeReadsDenied is set when this connection may not publish to a
+	// node's own read subject: reads then go to the shared subject.
+	nodeReadsDenied atomic.Bool
+}
+
+// waitingRequest is a request in flight: its subject, and how to fail it.
+type waitingRequest struct {
+	subject string
+	fail    context.CancelCauseFunc
 }
 
 // view is what the client knows of the cluster.
@@ -153,7 +170,10 @@ type view struct {
 
 // Connect returns a client on nc, which stays the caller's. It asks the
 // nodes for the cluster's membership, again while none answers, and fails
-// if none has within the request timeout.
+// if none has within the request timeout. It adds an error handler to nc
+// (calling the one set before it): the NATS server reports a publish the
+// connection is not permitted (its user's permissions) only there, and the
+// client fails such a request at once.
 func Connect(nc *nats.Conn, opts ...Option) (*Client, error) {
 	return newClient(nc, false, opts)
 }
@@ -199,6 +219,14 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 	// (one read each, say) would otherwise all pick the same replica.
 	c.rr = uint64(jitter(1 << 30))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.waiting = map[*waitingRequest]struct{}{}
+	prev := nc.ErrorHandler()
+	nc.SetErrorHandler(func(conn *nats.Conn, sub *nats.Subscription, err error) {
+		c.onAsyncError(err)
+		if prev != nil {
+			prev(conn, sub, err)
+		}
+	})
 	ctx, cancel := context.WithTimeout(c.ctx, o.timeout)
 	defer cancel()
 	// A node that is starting (or a cluster in an election) answers
@@ -207,6 +235,12 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 	for attempt := 1; ; attempt++ {
 		err := c.refresh(ctx)
 		if err == nil {
+			break
+		}
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			// This user may not ask for the status: go without the
+			// view (reads on the shared subject).
+			c.opts.logger.Debug("natlog client: no cluster status", "err", err)
 			break
 		}
 		if retry, _ := outcome(err); !retry || ctx.Err() != nil {
@@ -292,7 +326,7 @@ func (c *Client) Nodes() []string {
 
 // refresh asks any node for the status and updates the view.
 func (c *Client) refresh(ctx context.Context) error {
-	m, err := c.nc.RequestWithContext(ctx, c.subjects.Status(), nil)
+	m, err := c.request(ctx, &nats.Msg{Subject: c.subjects.Status()})
 	if err != nil {
 		return err
 	}
@@ -367,7 +401,7 @@ func (c *Client) refresher() {
 // reads, otherwise the next in round-robin order. avoid is a node that
 // just failed. It returns "" if the client should use the shared subject.
 func (c *Client) readNode(avoid string) string {
-	if !c.opts.readFromNodes {
+	if !c.opts.readFromNodes || c.nodeReadsDenied.Load() {
 		return ""
 	}
 	c.mu.Lock()
@@ -408,8 +442,17 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 	backoff := c.opts.backoffMin
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, c.opts.timeout+extra)
-		m, err := c.nc.RequestMsgWithContext(actx, build(attempt))
+		req := build(attempt)
+		m, err := c.request(actx, req)
 		cancel()
+		if err != nil && errors.Is(err, nats.ErrPermissionViolation) && strings.HasPrefix(req.Subject, c.subjects.Prefix()+".node.") &&
+			!c.nodeReadsDenied.Swap(true) {
+			// Not permitted to read from a node by its own subject:
+			// from now on the shared subject, where NATS picks.
+			c.opts.logger.Debug("natlog client: reads on the shared subject", "err", err)
+			attempt--
+			continue
+		}
 		if err == nil {
 			perr := protocol.ReplyError(m.Header, m.Data)
 			if perr == nil {
@@ -444,6 +487,49 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 			t.Stop()
 			return nil, &Error{Op: op, Log: log, Err: ErrClosed, Indefinite: indefinite, Attempts: attempt}
 		case <-t.C:
+		}
+	}
+}
+
+// request sends one request and waits for its reply, or fails at once
+// with the NATS server's permissions violation if the server refuses to let
+// this connection publish to the subject.
+func (c *Client) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+	ctx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	w := &waitingRequest{subject: m.Subject, fail: fail}
+	c.reqMu.Lock()
+	c.waiting[w] = struct{}{}
+	c.reqMu.Unlock()
+	reply, err := c.nc.RequestMsgWithContext(ctx, m)
+	c.reqMu.Lock()
+	delete(c.waiting, w)
+	c.reqMu.Unlock()
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+			return nil, cause
+		}
+	}
+	return reply, err
+}
+
+// onAsyncError fails the requests waiting on a subject the NATS server
+// refused a publish to: `nats: permissions violation: Permissions Violation
+// for Publish to "natlog.append.payments"`.
+func (c *Client) onAsyncError(err error) {
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return
+	}
+	_, subj, ok := strings.Cut(err.Error(), "for Publish to ")
+	if !ok {
+		return
+	}
+	subj = strings.Trim(strings.TrimSpace(subj), `"'`)
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	for w := range c.waiting {
+		if w.subject == subj {
+			w.fail(err)
 		}
 	}
 }

@@ -90,6 +90,10 @@ func outcome(err error) (retry, indefinite bool) {
 			return false, true
 		}
 		return false, false
+	case errors.Is(err, nats.ErrPermissionViolation):
+		// The NATS server refused to pass the request on: it reached
+		// no node, and would not on another attempt.
+		return false, false
 	case errors.Is(err, nats.ErrNoResponders):
 		// No node subscribed: an election, or no node up. Nothing
 		// received the request.
