@@ -53,7 +53,9 @@ func TestClusterWithPermissions(t *testing.T) {
 			"--node-id", id, "--cluster", "sec", "--bootstrap-expect", "3", "--raft-timeout", "300ms",
 			"--announce-interval", "100ms", "--raft-log-level", "off")
 	}
-	as := func(user, pass string) string { return strings.Replace(ns.URL, "nats://", "nats://"+user+":"+pass+"@", 1) }
+	as := func(user, pass string) string {
+		return strings.Replace(ns.URL, "nats://", "nats://"+user+":"+pass+"@", 1)
+	}
 	nodeConn, err := nats.Connect(as("natlog", "s3cret"))
 	if err != nil {
 		t.Fatal(err)
