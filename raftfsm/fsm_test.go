@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -360,5 +363,66 @@ func TestFSMCovers(t *testing.T) {
 	must(t, dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))))
 	if !dst.Covers(applied) {
 		t.Fatal("a restored FSM does not cover its snapshot")
+	}
+}
+
+// A full disk on a replica: the append fails before writing (a definite
+// logcore error, the logcore log itself goes on), the FSM stops applying
+// to that log, and refuses snapshots, which would claim entries the log
+// lacks and let Raft compact them away; a restart re-applies them.
+func TestFSMDiskFullRefusesSnapshots(t *testing.T) {
+	mem := logcore.NewMemFS()
+	ffs := logcore.NewFaultFS(mem)
+	cfg := fsmConfig("/fsm", ffs)
+	f := openFSM(t, cfg)
+	const now = 1_700_000_000_000_000_000
+	if rs := results(t, f.Apply(entry(t, 1, now, appendOp("a", "first")))); rs[0].Err != nil {
+		t.Fatal(rs[0].Err)
+	}
+	// The first segment's index space is reserved whole (MaxIndexBytes
+	// is small here); the next segment's cannot be.
+	ffs.SetHook(logcore.Rule{Ops: []logcore.Op{logcore.OpWriteAt}, Suffix: ".index", Fault: logcore.Fault{Err: syscall.ENOSPC}}.Hook())
+	var want []string
+	idx := uint64(2)
+	for ; ; idx++ {
+		v := fmt.Sprintf("%04d-%s", idx, bytes.Repeat([]byte("x"), 200))
+		rs := results(t, f.Apply(entry(t, idx, now, appendOp("a", v))))
+		if rs[0].Err != nil {
+			if !errors.Is(rs[0].Err, ErrStorage) || !strings.Contains(rs[0].Err.Error(), "no space left on device") {
+				t.Fatalf("apply on a full disk: %v", rs[0].Err)
+			}
+			break
+		}
+		want = append(want, v)
+		if idx > 1000 {
+			t.Fatal("no roll to a new segment after 1000 entries")
+		}
+	}
+	if _, ok := f.Failed()["a"]; !ok {
+		t.Fatalf("Failed() = %v, want log a", f.Failed())
+	}
+	if _, err := f.Snapshot(); err == nil || !strings.Contains(err.Error(), "log a failed") {
+		t.Fatalf("Snapshot with a failed log = %v, want an error", err)
+	}
+	// Room again, restart: Raft replays the entries after the last
+	// snapshot (none here), the FSM re-applies what the log lacks.
+	ffs.SetHook(nil)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f = openFSM(t, cfg)
+	defer f.Close()
+	for i := uint64(2); i <= idx; i++ {
+		v := fmt.Sprintf("%04d-%s", i, bytes.Repeat([]byte("x"), 200))
+		results(t, f.Apply(entry(t, i, now, appendOp("a", v))))
+		if i == idx {
+			want = append(want, v)
+		}
+	}
+	if got := values(t, f, "a"); !slices.Equal(got, append([]string{"first"}, want...)) {
+		t.Fatalf("after the restart the log holds %d records, want %d", len(got), len(want)+1)
+	}
+	if _, err := f.Snapshot(); err != nil {
+		t.Fatalf("Snapshot after the repair: %v", err)
 	}
 }

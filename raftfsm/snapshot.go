@@ -70,6 +70,13 @@ const snapshotLinksDir = "snapshot.tmp"
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	// A log that failed to apply an entry lacks records the snapshot's
+	// applied index would claim: Raft would compact the entries away and
+	// a restart could not re-apply them. No snapshot until the node is
+	// repaired (a restart re-applies the entries after the last one).
+	if failed := sortedKeys(f.failed); len(failed) > 0 {
+		return nil, fmt.Errorf("raftfsm: snapshot: log %s failed on this replica: %w", failed[0], f.failed[failed[0]])
+	}
 	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion, Applied: f.applied.Load()}}
 	for _, name := range sortedKeys(f.logs) {
 		fl := f.logs[name]
