@@ -148,6 +148,9 @@ func TestHTTP(t *testing.T) {
 		`natlog_log_segments{log="web"} 1`,
 		`natlog_log_records{log="web"} 5`,
 		`natlog_logs 1`,
+		`natlog_log_no_space_total{log="web"} 0`,
+		`natlog_data_dir_free_bytes `,
+		`natlog_data_dir_size_bytes `,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(string(body), want) {

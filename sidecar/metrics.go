@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sys/unix"
 
 	"github.com/natlog/natlog/sidecar/protocol"
 )
@@ -84,7 +85,7 @@ type metrics struct {
 
 // newMetrics makes the metrics; registerLogs adds the per-log ones once
 // the logs are open (their OnSync hook needs the metrics first).
-func newMetrics() *metrics {
+func newMetrics(dataDir string) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "natlog_requests_total",
@@ -104,7 +105,7 @@ func newMetrics() *metrics {
 		Name: "natlog_fsync_errors_total",
 		Help: "Failed store fsyncs, all logs. After one, the log refuses appends until the node restarts.",
 	})
-	m.reg.MustRegister(requests, latency, m.fsync, m.fsyncErrors,
+	m.reg.MustRegister(requests, latency, m.fsync, m.fsyncErrors, diskCollector{dir: dataDir},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for o := range numOps {
 		for oc := range numOutcomes {
@@ -146,10 +147,32 @@ var (
 	descLogNext     = prometheus.NewDesc("natlog_log_next_offset", "The offset the log's next record will get.", []string{"log"}, nil)
 	descLogLowest   = prometheus.NewDesc("natlog_log_lowest_offset", "The log's oldest kept offset.", []string{"log"}, nil)
 	descLogs        = prometheus.NewDesc("natlog_logs", "Logs on this node.", nil, nil)
+	descLogNoSpace  = prometheus.NewDesc("natlog_log_no_space_total",
+		"Appends refused because the disk had no room for them (nothing of them was written), since the log was opened.", []string{"log"}, nil)
+	descDiskFree = prometheus.NewDesc("natlog_data_dir_free_bytes", "Bytes free for natlog on the data directory's file system.", nil, nil)
+	descDiskSize = prometheus.NewDesc("natlog_data_dir_size_bytes", "Size of the data directory's file system.", nil, nil)
 )
 
+// diskCollector reports the data directory's file system at scrape time:
+// a full disk refuses appends (natlog_log_no_space_total), so watch it.
+type diskCollector struct{ dir string }
+
+func (c diskCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descDiskFree
+	ch <- descDiskSize
+}
+
+func (c diskCollector) Collect(ch chan<- prometheus.Metric) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(c.dir, &st); err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descDiskFree, prometheus.GaugeValue, float64(st.Bavail)*float64(st.Bsize))
+	ch <- prometheus.MustNewConstMetric(descDiskSize, prometheus.GaugeValue, float64(st.Blocks)*float64(st.Bsize))
+}
+
 func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLogBytes, descLogSegments, descLogRecords, descLogNext, descLogLowest, descLogs} {
+	for _, d := range []*prometheus.Desc{descLogBytes, descLogSegments, descLogRecords, descLogNext, descLogLowest, descLogs, descLogNoSpace} {
 		ch <- d
 	}
 }
@@ -167,6 +190,7 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLogRecords, prometheus.GaugeValue, float64(in.Records), e.name)
 		ch <- prometheus.MustNewConstMetric(descLogNext, prometheus.GaugeValue, float64(in.NextOffset), e.name)
 		ch <- prometheus.MustNewConstMetric(descLogLowest, prometheus.GaugeValue, float64(in.LowestOffset), e.name)
+		ch <- prometheus.MustNewConstMetric(descLogNoSpace, prometheus.CounterValue, float64(e.log.Stats().ReserveFailures), e.name)
 	}
 }
 
@@ -220,7 +244,7 @@ var (
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftFSMApplied,
 		descRaftLastIndex, descRaftLastContact, descRaftMembers,
-		descLogBytes, descLogSegments, descLogRecords, descLogNext, descLogLowest, descLogs} {
+		descLogBytes, descLogSegments, descLogRecords, descLogNext, descLogLowest, descLogs, descLogNoSpace} {
 		ch <- d
 	}
 }
@@ -279,5 +303,6 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descLogRecords, float64(in.Records), name)
 		gauge(descLogNext, float64(in.NextOffset), name)
 		gauge(descLogLowest, float64(in.LowestOffset), name)
+		ch <- prometheus.MustNewConstMetric(descLogNoSpace, prometheus.CounterValue, float64(l.Stats().ReserveFailures), name)
 	}
 }

@@ -115,7 +115,7 @@ func (s *Server) start() (err error) {
 	s.logger = s.logger.With("node", s.nodeID)
 	s.nodeSubjects = s.subjects.Node(s.nodeID)
 
-	s.metrics = newMetrics()
+	s.metrics = newMetrics(cfg.DataDir)
 	defaults := cfg.Log
 	defaults.OnSync = s.metrics.onSync
 	defaults.Logger = s.logger
