@@ -187,8 +187,8 @@ func (s *Server) handleRead(c *call) {
 			for _, kv := range rec.Headers {
 				hdr[kv.Key] = append(hdr[kv.Key], kv.Value)
 			}
+			s.reads.Add(1) // before the reply: a client that then asks for the status sees it
 			c.reply(rec.Value, hdr)
-			s.reads.Add(1)
 		})
 		return
 	}
@@ -212,8 +212,8 @@ func (s *Server) handleRead(c *call) {
 				c.fail(protocol.Errorf(protocol.ErrInternal, "encoding reply: %v", err))
 				return
 			}
-			c.reply(b, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeJSON}})
 			s.reads.Add(1)
+			c.reply(b, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeJSON}})
 			return
 		}
 		size := protocol.ReadReplyOverhead
@@ -226,8 +226,8 @@ func (s *Server) handleRead(c *call) {
 			*out = make([]byte, 0, size)
 		}
 		*out = rep.AppendMsgpack((*out)[:0])
-		c.reply(*out, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
 		s.reads.Add(1)
+		c.reply(*out, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}})
 	})
 }
 
