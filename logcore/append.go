@@ -176,14 +176,29 @@ func (l *Log) flushLocked() error {
 		s.buf = s.buf[:0]
 		s.flushed.Store(s.size)
 	}
-	if len(s.pendTimes) > 0 {
-		if _, err := s.timeFile.WriteAt(s.pendTimes, s.timeOnFile); err != nil {
-			return l.failLocked(fmt.Errorf("write %s: %w", s.path(timeIndexExt), err))
-		}
-		s.timeOnFile += int64(len(s.pendTimes))
-		s.pendTimes = s.pendTimes[:0]
+	// The time index is derived from the store: entries it could not
+	// take now (a full disk: each segment's file needs a block of its
+	// own) stay pending, in memory and for the next flush; the seal
+	// writes them or fails, and after a crash recovery rebuilds them.
+	if err := writeTimesLocked(s); err != nil && !s.timesLag {
+		s.timesLag = true
+		l.logger.Warn("logcore: time index entries wait for room", "segment", s.path(timeIndexExt), "err", err)
 	}
 	l.flushedNext.Store(l.next)
+	return nil
+}
+
+// writeTimesLocked writes the segment's pending time index entries.
+func writeTimesLocked(s *segment) error {
+	if len(s.pendTimes) == 0 {
+		return nil
+	}
+	if _, err := s.timeFile.WriteAt(s.pendTimes, s.timeOnFile); err != nil {
+		return fmt.Errorf("write %s: %w", s.path(timeIndexExt), err)
+	}
+	s.timeOnFile += int64(len(s.pendTimes))
+	s.pendTimes = s.pendTimes[:0]
+	s.timesLag = false
 	return nil
 }
 
@@ -413,12 +428,27 @@ func (l *Log) sealFilesLocked(s *segment) error {
 	if err := l.syncFile(s.store); err != nil {
 		return fmt.Errorf("fsync %s: %w", s.path(storeExt), err)
 	}
+	timesErr := writeTimesLocked(s)
 	if e, ok := s.tt.final(s.count, s.size); ok {
 		s.times = append(s.times, e)
-		if _, err := s.timeFile.WriteAt(appendTimeEntry(nil, e), s.timeOnFile); err != nil {
-			return fmt.Errorf("write %s: %w", s.path(timeIndexExt), err)
+		if timesErr == nil {
+			if _, err := s.timeFile.WriteAt(appendTimeEntry(nil, e), s.timeOnFile); err != nil {
+				timesErr = fmt.Errorf("write %s: %w", s.path(timeIndexExt), err)
+			} else {
+				s.timeOnFile += timeEntryWidth
+			}
 		}
-		s.timeOnFile += timeEntryWidth
+	}
+	if timesErr != nil {
+		// A full disk. The time index is derived from the store: an
+		// empty one is rebuilt from it when a lookup needs it (and by
+		// Open, for the last segment), so the seal goes on without.
+		l.logger.Warn("logcore: sealing a segment without its time index; it is rebuilt from the store when needed",
+			"segment", s.path(timeIndexExt), "err", timesErr)
+		if err := s.timeFile.Truncate(0); err != nil {
+			return fmt.Errorf("cut %s: %w", s.path(timeIndexExt), err)
+		}
+		s.timeOnFile, s.pendTimes = 0, s.pendTimes[:0]
 	}
 	if err := s.timeFile.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", s.path(timeIndexExt), err)

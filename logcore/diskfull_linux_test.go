@@ -2,8 +2,8 @@ package logcore
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -22,60 +22,75 @@ func mountTmpfs(t *testing.T, size string) string {
 	return dir
 }
 
-// TestDiskFullReal fills a real (tmpfs) file system with each sync policy.
-// Before index space was written ahead (index.reserve), the first store
-// of an index entry into a page of the file that had no block yet killed
-// the process with SIGBUS. Now appends fail with ENOSPC: under SyncAlways
-// a definite error, after which the log takes appends again once the file
-// system has room; under SyncNever the log may have failed (a buffer that
-// could not be written), and reopens. Either way every acknowledged record
-// is there.
+// TestDiskFullReal fills a real (tmpfs) file system. Before index space
+// was written ahead (index.reserve), the first store of an index entry
+// into a page of the file that had no block yet killed the process with
+// SIGBUS. Under SyncAlways every append on the full disk now fails with a
+// definite error whatever the segment size and batch (a segment sealed on
+// the full disk goes without its time index, rebuilt when needed), and the
+// log takes appends again once there is room; under SyncNever the log may
+// fail (a buffer that could not be written) and reopens. Either way every
+// acknowledged record is there, and lookups by time find them.
 func TestDiskFullReal(t *testing.T) {
-	for _, policy := range []SyncPolicy{SyncAlways, SyncNeverUnsafe} {
-		t.Run(policy.String(), func(t *testing.T) {
+	type run struct {
+		policy  SyncPolicy
+		segment int64
+		batch   int
+	}
+	var runs []run
+	for _, seg := range []int64{16 << 10, 64 << 10, 1 << 20, 64 << 20} {
+		for _, batch := range []int{1, 7, 100} {
+			runs = append(runs, run{SyncAlways, seg, batch})
+		}
+	}
+	runs = append(runs, run{SyncNeverUnsafe, 64 << 20, 100})
+	for _, r := range runs {
+		t.Run(fmt.Sprintf("%v/segment=%d/batch=%d", r.policy, r.segment, r.batch), func(t *testing.T) {
 			mnt := mountTmpfs(t, "2m")
 			dir := filepath.Join(mnt, "log")
 			cfg := DefaultConfig()
-			cfg.Sync = policy
-			cfg.Logger = testConfig(policy).Logger
+			cfg.Sync = r.policy
+			cfg.MaxSegmentBytes = r.segment
+			cfg.Logger = testConfig(r.policy).Logger
 			l, err := Open(dir, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			acked := 0
-			for i := 0; ; i += 100 {
-				batch := make([]Record, 100)
+			acked, refused := 0, 0
+			for refused < 5 {
+				batch := make([]Record, r.batch)
 				for j := range batch {
-					batch[j] = testRecord(i + j)
+					batch[j] = testRecord(acked + j)
 				}
 				_, err = l.AppendBatch(batch)
-				if err == nil && policy != SyncAlways {
+				if err == nil && r.policy != SyncAlways {
 					err = l.Sync()
 				}
-				if err != nil {
-					if !errors.Is(err, syscall.ENOSPC) {
-						t.Fatalf("append on a full disk: %v, want ENOSPC", err)
+				if err == nil {
+					acked += r.batch
+					if acked > 1_000_000 {
+						t.Fatal("2 MiB took a million records")
 					}
-					t.Logf("after %d records: %v", acked, err)
+					continue
+				}
+				if !errors.Is(err, unix.ENOSPC) {
+					t.Fatalf("append on a full disk: %v, want ENOSPC", err)
+				}
+				if errors.Is(err, ErrFailed) {
+					if r.policy == SyncAlways {
+						t.Fatalf("append on a full disk = %v, want a definite error", err)
+					}
 					break
 				}
-				acked = i + 100
-				if acked > 1_000_000 {
-					t.Fatal("2 MiB took a million records")
-				}
+				refused++
 			}
 			grow := func() {
 				if err := unix.Mount("tmpfs", mnt, "tmpfs", unix.MS_REMOUNT, "size=16m"); err != nil {
 					t.Fatalf("grow the tmpfs: %v", err)
 				}
 			}
-			if policy == SyncAlways {
-				// The space was reserved before anything was
-				// written: the error is definite and the same log
-				// goes on once there is room.
-				if errors.Is(err, ErrFailed) {
-					t.Fatalf("append on a full disk = %v, want a definite error", err)
-				}
+			if r.policy == SyncAlways {
+				// The same log goes on once there is room.
 				grow()
 				appendN(t, l, acked, 1000)
 				acked += 1000
@@ -93,7 +108,17 @@ func TestDiskFullReal(t *testing.T) {
 				t.Fatalf("reopened with %d records, %d were acknowledged", n, acked)
 			}
 			checkRecords(t, l, 0, acked)
-			appendN(t, l, int(l.NextOffset()), 10)
+			for _, k := range []uint64{0, uint64(acked) / 3, uint64(acked) / 2, uint64(acked) - 1} {
+				rec, err := l.Read(k)
+				must(t, err)
+				off, err := l.OffsetForTime(rec.Time)
+				must(t, err)
+				first, err := l.Read(off)
+				must(t, err)
+				if off > k || first.Time != rec.Time {
+					t.Fatalf("OffsetForTime(time of %d) = %d (time %d), want the first record of time %d", k, off, first.Time, rec.Time)
+				}
+			}
 		})
 	}
 }

@@ -84,14 +84,18 @@
 //
 // A full disk is found before anything is written: an append first
 // reserves its file space (index space always, store space with
-// SyncAlways: the zeros above), by writing it. If that fails, the append
+// SyncAlways and PrewriteBytes, the default: the zeros above), by writing
+// it. If that fails, the append
 // returns the error (wrapping syscall.ENOSPC), nothing of it was written,
 // and the log takes appends again once there is room. Space is written
 // rather than mapped for a reason: the index file is grown with a hole, and
 // a store through the mapping into a hole on a full disk is answered with
-// SIGBUS, which kills the process. Only what cannot be reserved ahead can
-// still fail a log on a full disk: the creation of a new segment, a time
-// index entry, and with the other policies the write of the buffer.
+// SIGBUS, which kills the process. The time index is derived from the
+// store: its entries wait in memory while the disk is full, and a segment
+// sealed then goes without (an empty time index is rebuilt from the store
+// when a lookup needs it). Only what cannot be reserved ahead can still
+// fail a log on a full disk: the creation of a new segment's files, and
+// with the other policies (or PrewriteBytes 0) the write of the buffer.
 //
 // # Concurrency
 //

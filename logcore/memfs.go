@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"maps"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -390,7 +389,9 @@ func (n *memNode) crash(opts *CrashOptions, rng *rand.Rand) {
 	n.data = data
 	n.synced = bytes.Clone(data)
 	n.maps = 0
-	n.fill(len(data), math.MaxInt)
+	// What survives is written data: the holes of before are gone (a
+	// store into one before the crash is found by a check before it).
+	n.holes = nil
 }
 
 // StoresInHoles returns the files (with the offset) that hold a non-zero
@@ -494,6 +495,7 @@ func (m *MemFS) WriteFile(name string, data []byte, synced bool) error {
 		return &fs.PathError{Op: "write", Path: name, Err: err}
 	}
 	copy(n.data, data)
+	n.fill(0, len(data)) // written, not a hole
 	if synced {
 		n.synced = bytes.Clone(n.data)
 		dir.durable[base] = n

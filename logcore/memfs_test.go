@@ -703,3 +703,47 @@ func TestMemFSConcurrent(t *testing.T) {
 		t.Fatalf("mapped file after crashes: %q", got)
 	}
 }
+
+// StoresInHoles: bytes stored through a mapping into a range that grew by a
+// truncate are reported; written ranges, files made by WriteFile and
+// contents restored by a crash are not.
+func TestMemFSStoresInHoles(t *testing.T) {
+	m := NewMemFS()
+	must(t, m.MkdirAll("/d", 0o755))
+	must(t, m.WriteFile("/d/a", []byte("hello"), true))
+	f, err := m.OpenFile("/d/b", os.O_RDWR|os.O_CREATE, 0o644)
+	must(t, err)
+	_, err = f.WriteAt([]byte("0123456789"), 0)
+	must(t, err)
+	must(t, f.Sync())
+	must(t, m.SyncDir("/d"))
+	must(t, f.Truncate(0))
+	must(t, f.Truncate(10))
+	m.Crash(CrashOptions{})
+	if bad := m.StoresInHoles(); len(bad) > 0 {
+		t.Fatalf("false positives: %v", bad)
+	}
+
+	g, err := m.OpenFile("/d/c", os.O_RDWR|os.O_CREATE, 0o644)
+	must(t, err)
+	must(t, g.Truncate(8192))
+	_, err = g.WriteAt([]byte{1, 2, 3}, 100) // written: not a hole
+	must(t, err)
+	b, err := g.Map(8192)
+	must(t, err)
+	b[200] = 0 // a zero is not seen
+	if bad := m.StoresInHoles(); len(bad) > 0 {
+		t.Fatalf("after writes: %v", bad)
+	}
+	b[5000] = 7
+	if bad := m.StoresInHoles(); len(bad) != 1 || bad[0] != "/d/c at 5000" {
+		t.Fatalf("StoresInHoles = %v, want /d/c at 5000", bad)
+	}
+	_, err = g.WriteAt([]byte{7}, 5000) // the same byte, written
+	must(t, err)
+	if bad := m.StoresInHoles(); len(bad) > 0 {
+		t.Fatalf("after the write: %v", bad)
+	}
+	must(t, g.Unmap(b))
+	must(t, g.Close())
+}

@@ -82,6 +82,7 @@ type segment struct {
 	prewritten int64        // store bytes on file: data, then prewritten zeros
 	pendTimes  []byte       // time entries not yet written
 	timeOnFile int64        // bytes of time index on file
+	timesLag   bool         // pendTimes could not be written (reported once)
 }
 
 // indexed returns how many records of a sealed segment its index holds:
