@@ -9,7 +9,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,12 +153,9 @@ type Client struct {
 	// nodeReadsDenied is set when this connection may not publish to a
 	// node's own read subject: reads then go to the shared subject.
 	nodeReadsDenied atomic.Bool
-}
-
-// waitingRequest is a request in flight: its subject, and how to fail it.
-type waitingRequest struct {
-	subject string
-	fail    context.CancelCauseFunc
+	// statusDenied is set when this connection may not ask for the
+	// status: the refresher stops asking.
+	statusDenied atomic.Bool
 }
 
 // view is what the client knows of the cluster.
@@ -220,13 +216,7 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 	c.rr = uint64(jitter(1 << 30))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.waiting = map[*waitingRequest]struct{}{}
-	prev := nc.ErrorHandler()
-	nc.SetErrorHandler(func(conn *nats.Conn, sub *nats.Subscription, err error) {
-		c.onAsyncError(err)
-		if prev != nil {
-			prev(conn, sub, err)
-		}
-	})
+	addClient(c)
 	ctx, cancel := context.WithTimeout(c.ctx, o.timeout)
 	defer cancel()
 	// A node that is starting (or a cluster in an election) answers
@@ -241,15 +231,20 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 			// This user may not ask for the status: go without the
 			// view (reads on the shared subject).
 			c.opts.logger.Debug("natlog client: no cluster status", "err", err)
+			c.statusDenied.Store(true)
 			break
 		}
 		if retry, _ := outcome(err); !retry || ctx.Err() != nil {
+			c.cancel()
+			removeClient(c)
 			return nil, &Error{Op: "connect", Err: err, Attempts: attempt}
 		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			c.cancel()
+			removeClient(c)
 			return nil, &Error{Op: "connect", Err: err, Attempts: attempt}
 		case <-t.C:
 		}
@@ -272,6 +267,7 @@ func (c *Client) Close() error {
 	}
 	c.cancel()
 	c.wg.Wait()
+	removeClient(c)
 	if c.ownConn {
 		c.nc.Close()
 	}
@@ -389,6 +385,9 @@ func (c *Client) refresher() {
 		case <-t.C:
 		case <-c.refreshC:
 		}
+		if c.statusDenied.Load() {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.opts.timeout)
 		if err := c.refresh(ctx); err != nil && c.ctx.Err() == nil {
 			c.opts.logger.Debug("natlog client: refresh", "err", err)
@@ -440,16 +439,20 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 		return nil, &Error{Op: op, Log: log, Err: ErrClosed}
 	}
 	backoff := c.opts.backoffMin
+	fellBack := false
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, c.opts.timeout+extra)
 		req := build(attempt)
 		m, err := c.request(actx, req)
 		cancel()
-		if err != nil && errors.Is(err, nats.ErrPermissionViolation) && strings.HasPrefix(req.Subject, c.subjects.Prefix()+".node.") &&
-			!c.nodeReadsDenied.Swap(true) {
+		if err != nil && !fellBack && errors.Is(err, nats.ErrPermissionViolation) && c.isNodeRead(req.Subject) {
 			// Not permitted to read from a node by its own subject:
-			// from now on the shared subject, where NATS picks.
-			c.opts.logger.Debug("natlog client: reads on the shared subject", "err", err)
+			// from now on the shared subject, where NATS picks (the
+			// read builders use it once the flag is set).
+			if !c.nodeReadsDenied.Swap(true) {
+				c.opts.logger.Debug("natlog client: reads on the shared subject", "err", err)
+			}
+			fellBack = true
 			attempt--
 			continue
 		}
@@ -487,49 +490,6 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 			t.Stop()
 			return nil, &Error{Op: op, Log: log, Err: ErrClosed, Indefinite: indefinite, Attempts: attempt}
 		case <-t.C:
-		}
-	}
-}
-
-// request sends one request and waits for its reply, or fails at once
-// with the NATS server's permissions violation if the server refuses to let
-// this connection publish to the subject.
-func (c *Client) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
-	ctx, fail := context.WithCancelCause(ctx)
-	defer fail(nil)
-	w := &waitingRequest{subject: m.Subject, fail: fail}
-	c.reqMu.Lock()
-	c.waiting[w] = struct{}{}
-	c.reqMu.Unlock()
-	reply, err := c.nc.RequestMsgWithContext(ctx, m)
-	c.reqMu.Lock()
-	delete(c.waiting, w)
-	c.reqMu.Unlock()
-	if err != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
-			return nil, cause
-		}
-	}
-	return reply, err
-}
-
-// onAsyncError fails the requests waiting on a subject the NATS server
-// refused a publish to: `nats: permissions violation: Permissions Violation
-// for Publish to "natlog.append.payments"`.
-func (c *Client) onAsyncError(err error) {
-	if !errors.Is(err, nats.ErrPermissionViolation) {
-		return
-	}
-	_, subj, ok := strings.Cut(err.Error(), "for Publish to ")
-	if !ok {
-		return
-	}
-	subj = strings.Trim(strings.TrimSpace(subj), `"'`)
-	c.reqMu.Lock()
-	defer c.reqMu.Unlock()
-	for w := range c.waiting {
-		if w.subject == subj {
-			w.fail(err)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/natlog/natlog/client"
@@ -433,5 +434,59 @@ func TestCloseDuringAppendAsync(t *testing.T) {
 	info, err := c.client().Info(ctx, "closing")
 	if err != nil || info.NextOffset < 1+uint64(len(seen)) {
 		t.Fatalf("log holds %+v, %v; want at least %d records", info, err, 1+len(seen))
+	}
+}
+
+// A user who may read only on the shared read subject, not on the nodes'
+// own: the client's routed reads are refused by the NATS server, and every
+// read, however many are in flight when the first refusal comes back, goes
+// on through the shared subject.
+func TestReadsFallBackWhenNodeSubjectsAreDenied(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Users: []*server.User{
+			{Username: "node", Password: "p"},
+			{Username: "app", Password: "p", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"natlog.append.>", "natlog.read.>", "natlog.cluster.status"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+			}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	url := ns.ClientURL()
+	c := newCluster(t, 3, func(cfg *sidecar.Config) {
+		cfg.NATSURL, cfg.NATSUser, cfg.NATSPassword = url, "node", "p"
+	})
+	app := c.clientAt("nats://app:p@"+ns.Addr().String(), client.WithRequestTimeout(5*time.Second))
+	ctx := ctxT(t, time.Minute)
+	off, err := app.Append(ctx, "orders", []byte("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(app.Nodes()) == 0 {
+		t.Fatal("the client knows no nodes to route reads to: the test would not test the fallback")
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			b, err := app.Fetch(ctx, "orders", off, client.FetchOptions{Max: 1, MinOffset: &off})
+			if err == nil && (len(b.Records) != 1 || string(b.Records[0].Value) != "v") {
+				err = fmt.Errorf("fetched %+v", b)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
 	}
 }

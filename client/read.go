@@ -24,11 +24,7 @@ func (c *Client) readMsg(log string, body []byte, hdr nats.Header, node *string)
 			avoid = *node
 		}
 		*node = c.readNode(avoid)
-		subj := c.subjects.Read(log)
-		if *node != "" {
-			subj = c.subjects.Node(*node).Read(log)
-		}
-		return &nats.Msg{Subject: subj, Data: body, Header: hdr}
+		return &nats.Msg{Subject: c.nodeReadSubject(*node, log), Data: body, Header: hdr}
 	}
 }
 
@@ -52,7 +48,7 @@ func (c *Client) Read(ctx context.Context, log string, offset uint64) (Record, e
 	m, err := c.do(ctx, "read", log, true, 0, c.readMsg(log, body, nil, &node))
 	if leader, ok := c.behind(err, node); ok {
 		m, err = c.do(ctx, "read", log, true, 0, func(int) *nats.Msg {
-			return &nats.Msg{Subject: c.subjects.Node(leader).Read(log), Data: body}
+			return &nats.Msg{Subject: c.nodeReadSubject(leader, log), Data: body}
 		})
 	}
 	if err != nil {
@@ -119,7 +115,7 @@ func (c *Client) Fetch(ctx context.Context, log string, offset uint64, fo FetchO
 	m, err := c.do(ctx, "fetch", log, true, fo.Wait, c.readMsg(log, body, hdr, &node))
 	if leader, ok := c.behind(err, node); ok {
 		m, err = c.do(ctx, "fetch", log, true, fo.Wait, func(int) *nats.Msg {
-			return &nats.Msg{Subject: c.subjects.Node(leader).Read(log), Data: body, Header: hdr}
+			return &nats.Msg{Subject: c.nodeReadSubject(leader, log), Data: body, Header: hdr}
 		})
 	}
 	if err != nil {
