@@ -109,6 +109,7 @@ func openRaftState(cfg Config, logger *slog.Logger, hl hclog.Logger, onSync func
 	}()
 	dir := cfg.DataDir
 	logCfg := cfg.Log
+	logCfg.Logger = logger                // the node's logger, not slog's default
 	logCfg.Sync = logcore.SyncNeverUnsafe // the Raft log holds the entries; Persist fsyncs
 	logCfg.Retention = logcore.Retention{}
 	if st.fsm, err = raftfsm.OpenFSM(raftfsm.FSMConfig{

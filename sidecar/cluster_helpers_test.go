@@ -128,18 +128,23 @@ func (tc *testCluster) start(id string, expect int) *Server {
 
 // stop shuts node id down (without leaving the cluster).
 func (tc *testCluster) stop(id string) {
+	if err := tc.shutdown(id); err != nil {
+		tc.t.Errorf("shutdown %s: %v", id, err)
+	}
+}
+
+// shutdown shuts node id down and returns what Shutdown said.
+func (tc *testCluster) shutdown(id string) error {
 	tc.mu.Lock()
 	s := tc.nodes[id]
 	delete(tc.nodes, id)
 	tc.mu.Unlock()
 	if s == nil {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := s.Shutdown(ctx); err != nil {
-		tc.t.Errorf("shutdown %s: %v", id, err)
-	}
+	return s.Shutdown(ctx)
 }
 
 func (tc *testCluster) node(id string) *Server {

@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -875,5 +877,67 @@ func TestClusterFiveVotersSurviveTwoLosses(t *testing.T) {
 	tc.start(leader, 5)
 	tc.start(other, 5)
 	want = append(want, appendN(t, nc, "orders", "c", 5)...)
+	tc.converged("orders", want)
+}
+
+// TestClusterFollowerDiskFull: a follower's disk fills up (its FSM's
+// writes fail with ENOSPC). The cluster goes on with the other two; the
+// follower stops applying to the log, says so in its status, and takes no
+// snapshot; restarted with room, it re-applies what it missed from its
+// Raft log and holds every record.
+func TestClusterFollowerDiskFull(t *testing.T) {
+	tc := newTestCluster(t)
+	faults := map[string]*logcore.FaultFS{}
+	tc.tweak = func(c *Config) {
+		ffs := logcore.NewFaultFS(logcore.OSFS{})
+		faults[c.NodeID] = ffs
+		c.Log.FS = ffs
+	}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	leader := tc.leader()
+	full := notNode(leader)
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "a", 20)
+	tc.converged("orders", want)
+
+	faults[full].SetHook(logcore.Rule{Ops: []logcore.Op{logcore.OpWrite, logcore.OpWriteAt}, Fault: logcore.Fault{Err: syscall.ENOSPC}}.Hook())
+	// Enough to need new index space on the follower (64 KiB a step).
+	for i := range 6 {
+		vals := make([]string, 1000)
+		for j := range vals {
+			vals[j] = fmt.Sprintf("b-%d-%d", i, j)
+		}
+		var req protocol.AppendBatchRequest
+		for _, v := range vals {
+			req.Records = append(req.Records, protocol.AppendRecord{Value: []byte(v)})
+		}
+		wantOK(t, request(t, nc, "natlog.append.orders", req.AppendMsgpack(nil), msgpackHdr))
+		want = append(want, vals...)
+	}
+	eventually(t, 20*time.Second, full+" reporting the failed log", func() bool {
+		for _, li := range tc.node(full).cluster.listLogs().Logs {
+			if li.Log == "orders" && strings.Contains(li.Error, "no space left on device") {
+				return true
+			}
+		}
+		return false
+	})
+	if err := tc.node(full).cluster.raft.Snapshot().Error(); err == nil {
+		t.Fatalf("%s took a snapshot with a failed log", full)
+	}
+	// The others have everything.
+	for _, id := range tc.ids() {
+		if id != full && !slices.Equal(tc.records(id, "orders"), want) {
+			t.Fatalf("%s lacks records while %s's disk is full", id, full)
+		}
+	}
+
+	faults[full].SetHook(nil) // room again
+	if err := tc.shutdown(full); err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("shutdown of %s: %v, want the failed log's error", full, err)
+	}
+	tc.start(full, 3)
 	tc.converged("orders", want)
 }
