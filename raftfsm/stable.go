@@ -35,7 +35,11 @@ var _ raft.StableStore = (*StableStore)(nil)
 // Every Set rewrites the file: the new contents go to <path>.tmp, which is
 // fsynced, renamed over <path>, and then the directory is fsynced. A crash
 // leaves either the old file or the new one, whole, under <path>; a leftover
-// <path>.tmp is removed on open. The file is still treated as untrusted
+// <path>.tmp is removed on open. The next <path>.tmp is made ahead, filled
+// with zeros, so that a Set overwrites blocks that exist: on a full disk a
+// Set still succeeds. (hashicorp/raft panics when it cannot store its term,
+// so a Set that needed new space would kill the node when the disk fills
+// up and an election comes.) The file is still treated as untrusted
 // input: a file that is empty, cut short, fails its checksum or does not
 // parse makes OpenStableStore fail with ErrStableCorrupt instead of guessing.
 const (
@@ -87,6 +91,7 @@ func OpenStableStore(path string, fsys logcore.FS) (*StableStore, error) {
 	if err := fsys.Remove(s.tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("raftfsm: open stable store: remove leftover: %w", err)
 	}
+	s.prepareTemp()
 	b, err := readStableFile(fsys, path)
 	if errors.Is(err, fs.ErrNotExist) {
 		s.kv = map[string][]byte{}
@@ -153,16 +158,41 @@ func (s *StableStore) set(key, val []byte) error {
 		return fmt.Errorf("%w: set %q: %w", ErrStableFailed, key, err)
 	}
 	s.kv = next
+	s.prepareTemp()
 	return nil
 }
 
-// writeTemp writes b to the temp file and fsyncs it.
-func (s *StableStore) writeTemp(b []byte) error {
+// stableSpare is how much of the next temp file prepareTemp writes ahead.
+const stableSpare = 4096
+
+// prepareTemp makes the next temp file, filled with zeros, so that the
+// next Set overwrites space that exists (the rename of the last one freed
+// the old file's). It is best effort: without it, the Set makes the file.
+func (s *StableStore) prepareTemp() {
 	f, err := s.fs.OpenFile(s.tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return
+	}
+	_, err = f.WriteAt(make([]byte, stableSpare), 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		s.fs.Remove(s.tmp)
+	}
+}
+
+// writeTemp writes b over the start of the temp file (made ahead by
+// prepareTemp, or now), cuts the file to b's length, and fsyncs it.
+func (s *StableStore) writeTemp(b []byte) error {
+	f, err := s.fs.OpenFile(s.tmp, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(b)
+	_, err = f.WriteAt(b, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(b)))
+	}
 	if err == nil {
 		err = f.Sync()
 	}
