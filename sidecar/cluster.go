@@ -52,10 +52,13 @@ type clusterNode struct {
 	covered atomic.Uint64
 	// reconciles counts the leader's membership passes (for tests).
 	reconciles atomic.Uint64
-	metrics    *clusterMetrics
-	stable     *raftfsm.StableStore
-	snaps      *raftfsm.SnapshotStore
-	trans      *raft.NetworkTransport
+	// handingOver is set while this leader hands its leadership over
+	// because its copy of a log failed (failedHere).
+	handingOver atomic.Bool
+	metrics     *clusterMetrics
+	stable      *raftfsm.StableStore
+	snaps       *raftfsm.SnapshotStore
+	trans       *raft.NetworkTransport
 
 	announceSubject string
 	leaveSubject    string
@@ -130,13 +133,16 @@ func openRaftState(cfg Config, logger *slog.Logger, hl hclog.Logger, onSync func
 	storeCfg := logcore.DefaultConfig()
 	storeCfg.Logger = logger
 	storeCfg.OnSync = onSync
+	if cfg.Log.FS != nil {
+		storeCfg.FS = cfg.Log.FS // the node's file system (tests inject faults)
+	}
 	if cfg.Cluster.RaftSegmentBytes > 0 {
 		storeCfg.MaxSegmentBytes = cfg.Cluster.RaftSegmentBytes
 	}
 	if st.logs, err = raftfsm.OpenLogStore(filepath.Join(dir, "raft", "log"), storeCfg); err != nil {
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	if st.stable, err = raftfsm.OpenStableStore(filepath.Join(dir, "raft", "stable"), nil); err != nil {
+	if st.stable, err = raftfsm.OpenStableStore(filepath.Join(dir, "raft", "stable"), cfg.Log.FS); err != nil {
 		return nil, fmt.Errorf("open raft stable store: %w", err)
 	}
 	if st.snaps, err = raftfsm.NewSnapshotStore(filepath.Join(dir, "raft"), 2, hl); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -190,6 +191,10 @@ func raftError(err error) *protocol.Error {
 		return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		return protocol.Errorf(protocol.ErrUnavailable, "raft is overloaded: nothing was written; retry")
+	case strings.Contains(err.Error(), "unable to store logs"):
+		// hashicorp/raft's LogCache: the leader could not write the
+		// entry to its own Raft log (a full disk, say) and stepped down.
+		return protocol.Errorf(protocol.ErrNotLeader, "the leader could not store the entry and stepped down (%v): the outcome is indefinite; retry with the same Natlog-Msg-Id", err)
 	}
 	return protocol.Errorf(protocol.ErrInternal, "raft: %v", err)
 }
@@ -233,9 +238,31 @@ func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (
 		return appendResult{}, raftError(err)
 	}
 	if res.Err != nil {
+		if errors.Is(res.Err, raftfsm.ErrStorage) {
+			return appendResult{}, n.failedHere(name, res.Err)
+		}
 		return appendResult{}, resultError(name, res.Err)
 	}
 	return appendResult{first: res.First, count: len(recs), duplicate: res.Duplicate}, nil
+}
+
+// failedHere answers an append that Raft committed but this node's copy of
+// the log could not take (a full disk, an I/O error; the FSM applies
+// nothing more to it here): the other replicas have it. A leader in that
+// state could only answer errors, so it hands the leadership to another
+// voter, and the client, retrying with the same Natlog-Msg-Id, learns the
+// append's offset from the next leader.
+func (n *clusterNode) failedHere(name string, err error) *protocol.Error {
+	if n.raft.State() == raft.Leader && n.handingOver.CompareAndSwap(false, true) {
+		n.s.logger.Error("natlog: this node's copy of a log failed; handing the leadership over", "log", name, "err", err)
+		go func() {
+			defer n.handingOver.Store(false)
+			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+				n.s.logger.Warn("natlog: could not hand the leadership over", "err", err)
+			}
+		}()
+	}
+	return protocol.Errorf(protocol.ErrNotLeader, "log %q failed on this node (%v); the append was committed by the other replicas and the leadership moves to one of them: retry with the same Natlog-Msg-Id to learn its offset", name, err)
 }
 
 // create creates a log through Raft.

@@ -880,11 +880,22 @@ func TestClusterFiveVotersSurviveTwoLosses(t *testing.T) {
 	tc.converged("orders", want)
 }
 
-// TestClusterFollowerDiskFull: a follower's disk fills up (its FSM's
-// writes fail with ENOSPC). The cluster goes on with the other two; the
-// follower stops applying to the log, says so in its status, and takes no
-// snapshot; restarted with room, it re-applies what it missed from its
-// Raft log and holds every record.
+// diskFull is a FaultFS hook for a full disk: the writes that need new
+// space fail with ENOSPC (logcore writes ahead the space of its logs, and
+// the stable store its next temp file); those into space written ahead,
+// such as the data of a log, do not.
+func diskFull(op logcore.Op, name string) logcore.Fault {
+	if op == logcore.OpWriteAt && (strings.HasSuffix(name, ".store") || strings.HasSuffix(name, ".index") || strings.HasSuffix(name, ".timeindex")) {
+		return logcore.Fault{Err: syscall.ENOSPC}
+	}
+	return logcore.Fault{}
+}
+
+// TestClusterFollowerDiskFull: a follower's disk fills up. The cluster
+// goes on with the other two. The follower either refuses the entries
+// (its Raft log has no room) or stops applying to the log (its FSM's copy
+// failed: it says so in its status and takes no snapshot); with room
+// again it catches up, after a restart if its copy of the log failed.
 func TestClusterFollowerDiskFull(t *testing.T) {
 	tc := newTestCluster(t)
 	faults := map[string]*logcore.FaultFS{}
@@ -902,42 +913,104 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	want := appendN(t, nc, "orders", "a", 20)
 	tc.converged("orders", want)
 
-	faults[full].SetHook(logcore.Rule{Ops: []logcore.Op{logcore.OpWrite, logcore.OpWriteAt}, Fault: logcore.Fault{Err: syscall.ENOSPC}}.Hook())
-	// Enough to need new index space on the follower (64 KiB a step).
-	for i := range 6 {
-		vals := make([]string, 1000)
-		for j := range vals {
-			vals[j] = fmt.Sprintf("b-%d-%d", i, j)
-		}
+	faults[full].SetHook(diskFull)
+	// More than the space written ahead in the follower's files.
+	for i := range 12 {
 		var req protocol.AppendBatchRequest
-		for _, v := range vals {
+		for j := range 1000 {
+			v := fmt.Sprintf("b-%d-%d-%s", i, j, strings.Repeat("x", 100))
 			req.Records = append(req.Records, protocol.AppendRecord{Value: []byte(v)})
+			want = append(want, v)
 		}
 		wantOK(t, request(t, nc, "natlog.append.orders", req.AppendMsgpack(nil), msgpackHdr))
+	}
+	for _, id := range tc.ids() {
+		if id != full {
+			eventually(t, 20*time.Second, id+" holding every record", func() bool { return slices.Equal(tc.records(id, "orders"), want) })
+		}
+	}
+	if slices.Equal(tc.records(full, "orders"), want) {
+		t.Fatalf("%s took every record with a full disk", full)
+	}
+	failed := false
+	for _, li := range tc.node(full).cluster.listLogs().Logs {
+		if li.Log == "orders" && strings.Contains(li.Error, "no space left on device") {
+			failed = true
+		}
+	}
+	if failed {
+		if err := tc.node(full).cluster.raft.Snapshot().Error(); err == nil {
+			t.Fatalf("%s took a snapshot with a failed log", full)
+		}
+	}
+	faults[full].SetHook(nil) // room again
+	if failed {
+		tc.shutdown(full) // says the log failed
+		tc.start(full, 3)
+	}
+	t.Logf("%s: its copy of the log failed: %v", full, failed)
+	tc.converged("orders", want)
+}
+
+// TestClusterLeaderDiskFull: the leader's disk fills up (every write on it
+// fails with ENOSPC: its Raft log, its stable store, its FSM). A node with
+// room takes over and clients go on; the old leader, restarted with room,
+// catches up.
+func TestClusterLeaderDiskFull(t *testing.T) {
+	tc := newTestCluster(t)
+	faults := map[string]*logcore.FaultFS{}
+	tc.tweak = func(c *Config) {
+		ffs := logcore.NewFaultFS(logcore.OSFS{})
+		faults[c.NodeID] = ffs
+		c.Log.FS = ffs
+	}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	full := tc.leader()
+	nc := tc.client()
+	want := appendN(t, nc, "orders", "a", 20)
+	tc.converged("orders", want)
+
+	faults[full].SetHook(diskFull)
+	// Batches of 1,000 records with msg ids, retried through the change
+	// of leader: more than the space the leader's Raft log had written
+	// ahead (1 MiB).
+	for i := range 12 {
+		var req protocol.AppendBatchRequest
+		var vals []string
+		for j := range 1000 {
+			v := fmt.Sprintf("b-%d-%d-%s", i, j, strings.Repeat("x", 100))
+			vals = append(vals, v)
+			req.Records = append(req.Records, protocol.AppendRecord{Value: []byte(v)})
+		}
+		id := fmt.Sprintf("batch-%d", i)
+		eventually(t, 30*time.Second, "batch "+id+" appended", func() bool {
+			m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.append.orders", Data: req.AppendMsgpack(nil),
+				Header: nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}, protocol.HeaderMsgID: {id}}}, 2*time.Second)
+			if err != nil {
+				return false // no responders or a timeout: an election
+			}
+			if e := protocol.ReplyError(m.Header, m.Data); e != nil {
+				if e.ErrCode != protocol.CodeNotLeader && e.ErrCode != protocol.CodeUnavailable {
+					t.Fatalf("batch %s: %v", id, e)
+				}
+				return false
+			}
+			return true
+		})
 		want = append(want, vals...)
 	}
-	eventually(t, 20*time.Second, full+" reporting the failed log", func() bool {
-		for _, li := range tc.node(full).cluster.listLogs().Logs {
-			if li.Log == "orders" && strings.Contains(li.Error, "no space left on device") {
-				return true
-			}
-		}
-		return false
-	})
-	if err := tc.node(full).cluster.raft.Snapshot().Error(); err == nil {
-		t.Fatalf("%s took a snapshot with a failed log", full)
-	}
-	// The others have everything.
 	for _, id := range tc.ids() {
 		if id != full && !slices.Equal(tc.records(id, "orders"), want) {
-			t.Fatalf("%s lacks records while %s's disk is full", id, full)
+			eventually(t, 20*time.Second, id+" holding every record", func() bool { return slices.Equal(tc.records(id, "orders"), want) })
 		}
 	}
-
-	faults[full].SetHook(nil) // room again
-	if err := tc.shutdown(full); err == nil || !strings.Contains(err.Error(), "no space left on device") {
-		t.Fatalf("shutdown of %s: %v, want the failed log's error", full, err)
+	if st := tc.node(notNode(full)).status(); st.Leader == full {
+		t.Fatalf("%s still leads with a full disk", full)
 	}
+	faults[full].SetHook(nil) // room again
+	tc.shutdown(full)         // its error, if any, is the full disk's
 	tc.start(full, 3)
 	tc.converged("orders", want)
 }
