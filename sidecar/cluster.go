@@ -403,8 +403,13 @@ func (n *clusterNode) syncLeadership() {
 		return
 	}
 	if !leading {
+		// Drain, not Unsubscribe: requests NATS delivered before the
+		// interest went, still queued in the subscription, are handled
+		// (Raft refuses them: "not leader, nothing was written") instead
+		// of dropped without a reply, which left their clients waiting
+		// for their timeout.
 		for _, sub := range n.leaderSubs {
-			sub.Unsubscribe()
+			sub.Drain()
 		}
 		n.leaderSubs = nil
 		n.metrics.leadership.Inc()
