@@ -462,15 +462,16 @@ func TestReadsFallBackWhenNodeSubjectsAreDenied(t *testing.T) {
 	c := newCluster(t, 3, func(cfg *sidecar.Config) {
 		cfg.NATSURL, cfg.NATSUser, cfg.NATSPassword = url, "node", "p"
 	})
+	c.leader(c.clientAt("nats://node:p@" + ns.Addr().String()))
 	app := c.clientAt("nats://app:p@"+ns.Addr().String(), client.WithRequestTimeout(5*time.Second))
 	ctx := ctxT(t, time.Minute)
 	off, err := app.Append(ctx, "orders", []byte("v"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(app.Nodes()) == 0 {
-		t.Fatal("the client knows no nodes to route reads to: the test would not test the fallback")
-	}
+	// The client must know nodes to route reads to, or the test would
+	// not test the fallback (it learns them from the status).
+	eventually(t, 10*time.Second, "the client to know the nodes", func() bool { return len(app.Nodes()) > 0 })
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
 	for range 20 {
