@@ -880,6 +880,34 @@ func TestClusterFiveVotersSurviveTwoLosses(t *testing.T) {
 	tc.converged("orders", want)
 }
 
+// newFaultyThreeNodes starts n1, n2 and n3, each on a FaultFS of its own
+// (its logs, Raft log and stable store), returned by node id.
+func newFaultyThreeNodes(t *testing.T) (*testCluster, map[string]*logcore.FaultFS) {
+	tc := newTestCluster(t)
+	faults := map[string]*logcore.FaultFS{}
+	tc.tweak = func(c *Config) {
+		ffs := logcore.NewFaultFS(logcore.OSFS{})
+		faults[c.NodeID] = ffs
+		c.Log.FS = ffs
+	}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		tc.start(id, 3)
+	}
+	return tc, faults
+}
+
+// batchOf is batch i of n records of about 110 bytes, and their values.
+func batchOf(i, n int) (protocol.AppendBatchRequest, []string) {
+	var req protocol.AppendBatchRequest
+	var vals []string
+	for j := range n {
+		v := fmt.Sprintf("b-%d-%d-%s", i, j, strings.Repeat("x", 100))
+		vals = append(vals, v)
+		req.Records = append(req.Records, protocol.AppendRecord{Value: []byte(v)})
+	}
+	return req, vals
+}
+
 // diskFull is a FaultFS hook for a full disk: the writes that need new
 // space fail with ENOSPC (logcore writes ahead the space of its logs, and
 // the stable store its next temp file); those into space written ahead,
@@ -897,16 +925,7 @@ func diskFull(op logcore.Op, name string) logcore.Fault {
 // failed: it says so in its status and takes no snapshot); with room
 // again it catches up, after a restart if its copy of the log failed.
 func TestClusterFollowerDiskFull(t *testing.T) {
-	tc := newTestCluster(t)
-	faults := map[string]*logcore.FaultFS{}
-	tc.tweak = func(c *Config) {
-		ffs := logcore.NewFaultFS(logcore.OSFS{})
-		faults[c.NodeID] = ffs
-		c.Log.FS = ffs
-	}
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc, faults := newFaultyThreeNodes(t)
 	leader := tc.leader()
 	full := notNode(leader)
 	nc := tc.client()
@@ -916,13 +935,9 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	faults[full].SetHook(diskFull)
 	// More than the space written ahead in the follower's files.
 	for i := range 12 {
-		var req protocol.AppendBatchRequest
-		for j := range 1000 {
-			v := fmt.Sprintf("b-%d-%d-%s", i, j, strings.Repeat("x", 100))
-			req.Records = append(req.Records, protocol.AppendRecord{Value: []byte(v)})
-			want = append(want, v)
-		}
+		req, vals := batchOf(i, 1000)
 		wantOK(t, request(t, nc, "natlog.append.orders", req.AppendMsgpack(nil), msgpackHdr))
+		want = append(want, vals...)
 	}
 	for _, id := range tc.ids() {
 		if id != full {
@@ -952,21 +967,11 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	tc.converged("orders", want)
 }
 
-// TestClusterLeaderDiskFull: the leader's disk fills up (every write on it
-// fails with ENOSPC: its Raft log, its stable store, its FSM). A node with
-// room takes over and clients go on; the old leader, restarted with room,
-// catches up.
+// TestClusterLeaderDiskFull: the leader's disk fills up (diskFull: its Raft
+// log, its FSM's logs). A node with room takes over and clients, retrying
+// with msg ids, go on; the old leader, restarted with room, catches up.
 func TestClusterLeaderDiskFull(t *testing.T) {
-	tc := newTestCluster(t)
-	faults := map[string]*logcore.FaultFS{}
-	tc.tweak = func(c *Config) {
-		ffs := logcore.NewFaultFS(logcore.OSFS{})
-		faults[c.NodeID] = ffs
-		c.Log.FS = ffs
-	}
-	for _, id := range []string{"n1", "n2", "n3"} {
-		tc.start(id, 3)
-	}
+	tc, faults := newFaultyThreeNodes(t)
 	full := tc.leader()
 	nc := tc.client()
 	want := appendN(t, nc, "orders", "a", 20)
@@ -977,13 +982,7 @@ func TestClusterLeaderDiskFull(t *testing.T) {
 	// of leader: more than the space the leader's Raft log had written
 	// ahead (1 MiB).
 	for i := range 12 {
-		var req protocol.AppendBatchRequest
-		var vals []string
-		for j := range 1000 {
-			v := fmt.Sprintf("b-%d-%d-%s", i, j, strings.Repeat("x", 100))
-			vals = append(vals, v)
-			req.Records = append(req.Records, protocol.AppendRecord{Value: []byte(v)})
-		}
+		req, vals := batchOf(i, 1000)
 		id := fmt.Sprintf("batch-%d", i)
 		eventually(t, 30*time.Second, "batch "+id+" appended", func() bool {
 			m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.append.orders", Data: req.AppendMsgpack(nil),
