@@ -259,6 +259,10 @@ func (l *Log) trustCleanActive(s *segment, store File, size int64, idxFile, time
 			ok = false
 		} else {
 			times, ok = parseTimeIndex(b, count)
+			// A clean close ends the time index with an entry for the
+			// last record; one cut short (a seal on a full disk cuts it
+			// to nothing) is rebuilt by the scan.
+			ok = ok && (count == 0 || len(times) > 0 && times[len(times)-1].rel == count-1)
 		}
 	}
 	if !ok {
