@@ -407,9 +407,18 @@ func (n *clusterNode) syncLeadership() {
 		// interest went, still queued in the subscription, are handled
 		// (Raft refuses them: "not leader, nothing was written") instead
 		// of dropped without a reply, which left their clients waiting
-		// for their timeout.
+		// for their timeout. But not while a connection is reconnecting:
+		// nats.go then sends no UNSUB for a draining subscription and
+		// subscribes it again on reconnect, leaving a member of the
+		// queue group that swallows requests (reviewing helper, 17 of
+		// 40 lost); Unsubscribe then, and lose only what was queued.
+		reconnecting := n.s.nc.IsReconnecting() || n.rnc.IsReconnecting()
 		for _, sub := range n.leaderSubs {
-			sub.Drain()
+			if reconnecting {
+				sub.Unsubscribe()
+			} else {
+				sub.Drain()
+			}
 		}
 		n.leaderSubs = nil
 		n.metrics.leadership.Inc()
