@@ -346,6 +346,11 @@ func (f *FSM) appendOp(fl *fsmLog, pos position, now int64, op *Op) Result {
 		recs[i] = logcore.Record{Time: now, Headers: hs, Value: r.Value}
 	}
 	first, err := fl.log.AppendBatch(recs)
+	if errors.Is(err, logcore.ErrRecordTooLarge) {
+		// Decided by the log's settings, the same on every replica:
+		// the op is refused everywhere and the log goes on.
+		return Result{Err: fmt.Errorf("raftfsm: log %s: %w", fl.name, err)}
+	}
 	if err != nil {
 		return Result{Err: f.fail(fl, err)}
 	}
@@ -377,15 +382,25 @@ func (f *FSM) create(name string, s *LogSettings, index uint64, now int64) (*fsm
 	}
 	meta := logMeta{Settings: settings, Created: index, CreatedTime: now}
 	dir := f.path("logs", name)
-	if err := f.fs.MkdirAll(dir, 0o755); err != nil {
+	// A create that fails here (a full disk) marks the log failed on this
+	// replica: a later op must not create it at a later index, which would
+	// give its records other offsets than the other replicas'.
+	failed := func(err error) (*fsmLog, error) {
+		f.cfg.Logger.Error("raftfsm: cannot create a log; not applying to it", "log", name, "err", err)
+		f.mu.Lock()
+		f.failed[name] = err
+		f.mu.Unlock()
 		return nil, fmt.Errorf("%w: create %s: %v", ErrStorage, name, err)
 	}
+	if err := f.fs.MkdirAll(dir, 0o755); err != nil {
+		return failed(err)
+	}
 	if err := logcore.WriteFileAtomic(f.fs, filepath.Join(dir, "meta"), mustMarshal(meta)); err != nil {
-		return nil, fmt.Errorf("%w: create %s: %v", ErrStorage, name, err)
+		return failed(err)
 	}
 	fl, err := f.openLog(name, dir, meta)
 	if err != nil {
-		return nil, fmt.Errorf("%w: create %s: %v", ErrStorage, name, err)
+		return failed(err)
 	}
 	f.mu.Lock()
 	f.logs[name] = fl

@@ -426,3 +426,49 @@ func TestFSMDiskFullRefusesSnapshots(t *testing.T) {
 		t.Fatalf("Snapshot after the repair: %v", err)
 	}
 }
+
+// An append the log's own settings refuse (a record larger than its
+// segments) is refused the same way on every replica: an error for the op,
+// not a failed log (it used to fail the log on every replica).
+func TestFSMRecordTooLargeForTheLog(t *testing.T) {
+	f := openFSM(t, fsmConfig(t.TempDir(), logcore.OSFS{}))
+	defer f.Close()
+	const now = 1_700_000_000_000_000_000
+	small := Op{Kind: OpCreate, Log: "small", Settings: &LogSettings{MaxSegmentBytes: 1024}}
+	if rs := results(t, f.Apply(entry(t, 1, now, small))); rs[0].Err != nil {
+		t.Fatal(rs[0].Err)
+	}
+	rs := results(t, f.Apply(entry(t, 2, now, appendOp("small", strings.Repeat("x", 2000)))))
+	if !errors.Is(rs[0].Err, logcore.ErrRecordTooLarge) || errors.Is(rs[0].Err, ErrStorage) {
+		t.Fatalf("append of a record larger than a segment: %v, want ErrRecordTooLarge", rs[0].Err)
+	}
+	if len(f.Failed()) != 0 {
+		t.Fatalf("Failed() = %v after a refused record", f.Failed())
+	}
+	if rs := results(t, f.Apply(entry(t, 3, now, appendOp("small", "fits")))); rs[0].Err != nil || rs[0].First != 0 {
+		t.Fatalf("append after the refused one: %+v", rs[0])
+	}
+}
+
+// A log whose creation fails on this replica (a full disk) is marked
+// failed there: a later op must not create it at a later Raft index, which
+// would give its records other offsets than on the other replicas.
+func TestFSMCreateFailureMarksTheLogFailed(t *testing.T) {
+	ffs := logcore.NewFaultFS(logcore.NewMemFS())
+	f := openFSM(t, fsmConfig("/fsm", ffs))
+	defer f.Close()
+	const now = 1_700_000_000_000_000_000
+	ffs.SetHook(logcore.Rule{Ops: []logcore.Op{logcore.OpMkdirAll}, Suffix: "/logs/late", Fault: logcore.Fault{Err: syscall.ENOSPC}}.Hook())
+	rs := results(t, f.Apply(entry(t, 1, now, appendOp("late", "a"))))
+	if !errors.Is(rs[0].Err, ErrStorage) {
+		t.Fatalf("append creating a log on a full disk: %v, want ErrStorage", rs[0].Err)
+	}
+	ffs.SetHook(nil)
+	rs = results(t, f.Apply(entry(t, 2, now, appendOp("late", "b"))))
+	if !errors.Is(rs[0].Err, ErrStorage) || f.Log("late") != nil {
+		t.Fatalf("a later append created the log at a later index: %+v", rs[0])
+	}
+	if _, ok := f.Failed()["late"]; !ok {
+		t.Fatalf("Failed() = %v, want late", f.Failed())
+	}
+}

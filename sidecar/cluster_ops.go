@@ -209,6 +209,8 @@ func resultError(name string, err error) *protocol.Error {
 		return protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)
 	case errors.Is(err, raftfsm.ErrBadCommand):
 		return protocol.Errorf(protocol.ErrBadRequest, "%v", err)
+	case errors.Is(err, logcore.ErrRecordTooLarge):
+		return protocol.Errorf(protocol.ErrPayloadTooLarge, "record too large for log %q: %v", name, err)
 	case errors.Is(err, raftfsm.ErrStorage):
 		return protocol.Errorf(protocol.ErrStorage, "log %q: %v", name, err)
 	}
@@ -253,7 +255,11 @@ func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (
 // voter, and the client, retrying with the same Natlog-Msg-Id, learns the
 // append's offset from the next leader.
 func (n *clusterNode) failedHere(name string, err error) *protocol.Error {
-	if n.raft.State() == raft.Leader && n.handingOver.CompareAndSwap(false, true) {
+	if n.raft.State() != raft.Leader || !n.otherVoter() {
+		// No one to hand over to (a cluster of one voter).
+		return protocol.Errorf(protocol.ErrStorage, "log %q: %v", name, err)
+	}
+	if n.handingOver.CompareAndSwap(false, true) {
 		n.s.logger.Error("natlog: this node's copy of a log failed; handing the leadership over", "log", name, "err", err)
 		go func() {
 			defer n.handingOver.Store(false)
@@ -262,7 +268,22 @@ func (n *clusterNode) failedHere(name string, err error) *protocol.Error {
 			}
 		}()
 	}
-	return protocol.Errorf(protocol.ErrNotLeader, "log %q failed on this node (%v); the append was committed by the other replicas and the leadership moves to one of them: retry with the same Natlog-Msg-Id to learn its offset", name, err)
+	return protocol.Errorf(protocol.ErrNotLeader, "log %q failed on this node (%v); the append was committed through Raft and the leadership moves to another voter: retry with the same Natlog-Msg-Id to learn its offset there", name, err)
+}
+
+// otherVoter reports whether the configuration has a voter besides this
+// node.
+func (n *clusterNode) otherVoter() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter && string(srv.ID) != n.id {
+			return true
+		}
+	}
+	return false
 }
 
 // create creates a log through Raft.

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -1012,4 +1013,22 @@ func TestClusterLeaderDiskFull(t *testing.T) {
 	tc.shutdown(full)         // its error, if any, is the full disk's
 	tc.start(full, 3)
 	tc.converged("orders", want)
+}
+
+// A record larger than its log's segments is refused with 413 in cluster
+// mode too, and the log goes on on every replica (the FSM used to mark it
+// failed everywhere).
+func TestClusterRecordTooLargeForTheLog(t *testing.T) {
+	tc := newThreeNodes(t)
+	tc.leader()
+	nc := tc.client()
+	wantOK(t, request(t, nc, "natlog.create.small", []byte(`{"max_segment_bytes":1024}`), nil))
+	wantError(t, request(t, nc, "natlog.append.small", bytes.Repeat([]byte("x"), 2000), nil), protocol.ErrPayloadTooLarge)
+	want := appendN(t, nc, "small", "fits", 3)
+	tc.converged("small", want)
+	for _, id := range tc.ids() {
+		if failed := tc.node(id).cluster.fsm.Failed(); len(failed) != 0 {
+			t.Fatalf("%s: failed logs %v", id, failed)
+		}
+	}
 }
