@@ -23,11 +23,14 @@ func raftLogger(level, node string) hclog.Logger {
 // repeatedPeerErrors are the messages raft repeats for a peer it cannot
 // reach, every heartbeat backoff (up to ~8 a second per message): a node
 // that crashed stays a member until it is removed, and would flood the log.
+// Also the follower's own "failed to append to logs", repeated at every
+// entry the leader sends while the follower's disk is full.
 var repeatedPeerErrors = map[string]bool{
 	"failed to heartbeat to":         true,
 	"failed to appendEntries to":     true,
 	"failed to make requestVote RPC": true,
 	"failed to contact":              true,
+	"failed to append to logs":       true,
 }
 
 // repeats lets one of repeatedPeerErrors through per peer per interval,

@@ -50,9 +50,13 @@ func TestRaftQuietDropsRepeatedPeerErrors(t *testing.T) {
 	}
 	l.Error("failed to decode incoming command", "error", errors.New("bad frame"))
 	l.Error("failed to decode incoming command", "error", errors.New("bad frame"))
+	full := errors.New("unable to store logs within log store: no space left on device")
+	for range 5 { // a follower whose disk is full, at every entry the leader sends
+		l.Error("failed to append to logs", "error", full)
+	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 4 {
-		t.Fatalf("logged %d lines, want one per peer and both others:\n%s", len(lines), buf.String())
+	if len(lines) != 5 {
+		t.Fatalf("logged %d lines, want one per peer, both others and one full disk:\n%s", len(lines), buf.String())
 	}
 	// Once the interval has passed, the next one says how many were dropped.
 	rep.mu.Lock()
