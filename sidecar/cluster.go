@@ -69,6 +69,7 @@ type clusterNode struct {
 
 	mu         sync.Mutex // guards seen, leaderSubs, leaving
 	seen       map[string]announcement
+	newest     map[string]int64     // node id -> latest Started announced
 	leaderSubs []*nats.Subscription // the leader-only endpoints, while leading
 	leaving    bool                 // stop announcing: a graceful leave
 
@@ -88,7 +89,11 @@ type announcement struct {
 	Reads    uint64 `json:"reads,omitempty"` // read requests it answered
 	// ReadReplica: it joins as a non-voter only, never promoted.
 	ReadReplica bool `json:"read_replica,omitempty"`
-	at          time.Time
+	// Started is when its process started (Unix nanoseconds): of two
+	// processes with one node id (a restart while the old one still
+	// leaves), the later one is the member.
+	Started int64 `json:"started,omitempty"`
+	at      time.Time
 }
 
 // raftState is a node's replicated state on disk: the FSM and Raft's
@@ -173,7 +178,7 @@ func (st *raftState) close() error {
 // startCluster opens the FSM and the Raft stores and starts Raft.
 func (s *Server) startCluster() (err error) {
 	cfg := s.cfg.Cluster
-	n := &clusterNode{s: s, cfg: cfg, id: s.nodeID, seen: map[string]announcement{},
+	n := &clusterNode{s: s, cfg: cfg, id: s.nodeID, seen: map[string]announcement{}, newest: map[string]int64{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	n.applier.n = n
 	n.metrics = s.metrics.registerCluster(n)
@@ -315,7 +320,7 @@ func (n *clusterNode) announce() {
 	leaving := n.leaving
 	n.mu.Unlock()
 	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving,
-		Host: hostname, Reads: n.s.reads.Load(), ReadReplica: n.cfg.ReadReplica}
+		Host: hostname, Reads: n.s.reads.Load(), ReadReplica: n.cfg.ReadReplica, Started: n.s.started.UnixNano()}
 	b, _ := json.Marshal(a)
 	if err := n.rnc.Publish(n.announceSubject, b); err != nil {
 		n.s.logger.Debug("natlog: announce", "err", err)
@@ -340,6 +345,7 @@ func (n *clusterNode) onAnnounce(m *nats.Msg) {
 	a.at = time.Now()
 	n.mu.Lock()
 	n.seen[a.ID] = a
+	n.newest[a.ID] = max(n.newest[a.ID], a.Started)
 	n.mu.Unlock()
 }
 
@@ -568,7 +574,8 @@ func (n *clusterNode) removeDead(servers []raft.Server) bool {
 // onLeave serves <prefix>._cluster.<name>.leave on the leader: the body is
 // the id of the node to remove.
 func (n *clusterNode) onLeave(m *nats.Msg) {
-	id := string(m.Data)
+	// "<id>", or from a node leaving by itself "<id> <started>".
+	id, startedText, self := strings.Cut(string(m.Data), " ")
 	reply := func(err error) {
 		if m.Reply == "" {
 			return
@@ -586,6 +593,20 @@ func (n *clusterNode) onLeave(m *nats.Msg) {
 	if !protocol.ValidLogName(id) {
 		reply(fmt.Errorf("bad node id %q", id))
 		return
+	}
+	if self {
+		started, err := strconv.ParseInt(startedText, 10, 64)
+		n.mu.Lock()
+		newest := n.newest[id]
+		n.mu.Unlock()
+		if err != nil || started < newest {
+			// An older process of the node, leaving as a newer one
+			// (restarted meanwhile) runs: removing the id would
+			// remove the newer one.
+			n.s.logger.Warn("natlog: refused the leave of an older process of a node", "node", id)
+			reply(fmt.Errorf("stale: a process of %s started later runs", id))
+			return
+		}
 	}
 	go func() {
 		n.mu.Lock()
@@ -709,12 +730,19 @@ func (n *clusterNode) removeMember(id string, timeout time.Duration) error {
 	for {
 		// Short tries: a request may reach a deposed leader's
 		// subscription as it is dropped, and get no reply.
-		m, err := n.rnc.Request(n.leaveSubject, []byte(id), min(time.Until(deadline), n.cfg.ApplyTimeout/4))
+		body := id
+		if id == n.id {
+			body += " " + strconv.FormatInt(n.s.started.UnixNano(), 10)
+		}
+		m, err := n.rnc.Request(n.leaveSubject, []byte(body), min(time.Until(deadline), n.cfg.ApplyTimeout/4))
 		if err == nil && string(m.Data) == "ok" {
 			return nil
 		}
 		if err == nil {
 			err = errors.New(string(m.Data))
+			if strings.HasPrefix(string(m.Data), "error: stale:") {
+				return err // a newer process of this node runs
+			}
 		}
 		if time.Now().After(deadline) {
 			return err

@@ -1032,3 +1032,32 @@ func TestClusterRecordTooLargeForTheLog(t *testing.T) {
 		}
 	}
 }
+
+// A node restarted while its old process still leaves the cluster: the old
+// process's leave must not remove the id, which is the new process's now
+// (seen by hand: a cluster restarted with the same node ids lost its n2,
+// which then shut itself down as removed).
+func TestClusterStaleLeaveIsRefused(t *testing.T) {
+	tc := newThreeNodes(t)
+	tc.leader()
+	nc := tc.client()
+	started := tc.node("n2").started.UnixNano()
+	eventually(t, 10*time.Second, "the leader to hear n2's announcement", func() bool {
+		l := tc.node(tc.leader()).cluster
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.newest["n2"] == started
+	})
+	m, err := nc.Request("natlog._cluster.test.leave", []byte(fmt.Sprintf("n2 %d", started-1)), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(m.Data), "error: stale:") {
+		t.Fatalf("leave of an older process of n2: %q, want refused as stale", m.Data)
+	}
+	if p, ok := tc.peer("n2"); !ok || p.Role != "voter" {
+		t.Fatalf("n2 after a stale leave: %+v, %v", p, ok)
+	}
+	want := appendN(t, nc, "orders", "a", 3)
+	tc.converged("orders", want)
+}
