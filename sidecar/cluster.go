@@ -67,7 +67,7 @@ type clusterNode struct {
 
 	applier applier
 
-	mu         sync.Mutex // guards seen, leaderSubs, leaving
+	mu         sync.Mutex // guards seen, newest, leaderSubs, leaving
 	seen       map[string]announcement
 	newest     map[string]int64     // node id -> latest Started announced
 	leaderSubs []*nats.Subscription // the leader-only endpoints, while leading
