@@ -79,19 +79,16 @@ func TestDeniedHookInstalledOnce(t *testing.T) {
 		t.Fatalf("the application's handler was called %d times, want once", n)
 	}
 
-	// A request the server refuses fails at once, not at its timeout.
-	c, err := Connect(nc, WithRequestTimeout(5*time.Second))
+	// A request the server refuses fails on the violation, not at its
+	// timeout (which would be a timeout error, after a minute).
+	c, err := Connect(nc, WithRequestTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	start := time.Now()
 	_, err = c.Fetch(context.Background(), "orders", 0, FetchOptions{})
 	if !errors.Is(err, nats.ErrPermissionViolation) {
 		t.Fatalf("Fetch without permission: %v", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("refused after %v (timeout 5s)", d)
 	}
 	if retry, indefinite := outcome(err); retry || indefinite {
 		t.Fatalf("outcome of a refusal: retry %v, indefinite %v", retry, indefinite)
