@@ -543,6 +543,13 @@ func (f *FSM) Failed() map[string]error {
 	return out
 }
 
+// FailedErr returns why log name failed on this replica, or nil.
+func (f *FSM) FailedErr(name string) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.failed[name]
+}
+
 // Sync fsyncs every log.
 func (f *FSM) Sync() error {
 	f.mu.RLock()

@@ -340,6 +340,11 @@ func (f fsmLog) storageError(err error) *protocol.Error {
 
 // lookup returns the replica's log name.
 func (n *clusterNode) lookup(name string) (fsmLog, *protocol.Error) {
+	if err := n.fsm.FailedErr(name); err != nil {
+		// Its copy here stopped at the failure and never catches up:
+		// reads go to the replicas that have the log.
+		return fsmLog{}, protocol.Errorf(protocol.ErrUnavailable, "this replica's copy of log %q failed (%v): read from another replica", name, err)
+	}
 	l := n.fsm.Log(name)
 	if l == nil {
 		return fsmLog{}, protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)

@@ -958,6 +958,8 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 		if err := tc.node(full).cluster.raft.Snapshot().Error(); err == nil {
 			t.Fatalf("%s took a snapshot with a failed log", full)
 		}
+		// Its copy stopped at the failure: it sends readers elsewhere.
+		wantError(t, request(t, nc, "natlog.node."+full+".read.orders", []byte("0"), nil), protocol.ErrUnavailable)
 	}
 	faults[full].SetHook(nil) // room again
 	if failed {
