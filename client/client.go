@@ -169,7 +169,8 @@ type view struct {
 // if none has within the request timeout. It adds an error handler to nc
 // (calling the one set before it): the NATS server reports a publish the
 // connection is not permitted (its user's permissions) only there, and the
-// client fails such a request at once.
+// client fails such a request at once. Set the connection's own error
+// handler before Connect: one set after it replaces the client's.
 func Connect(nc *nats.Conn, opts ...Option) (*Client, error) {
 	return newClient(nc, false, opts)
 }
