@@ -51,13 +51,22 @@ func (s *Server) handleAppend(c *call) {
 			return
 		}
 	}
+	if s.cluster != nil {
+		// Refused before it costs a Raft entry (the FSM, which adds a
+		// few headers, refuses what still does not fit, on every
+		// replica alike).
+		if l := s.cluster.fsm.Log(name); l != nil {
+			if perr := fitSegments(name, recs, l.Config().MaxSegmentBytes); perr != nil {
+				c.fail(perr)
+				return
+			}
+		}
+	}
 	if !o.hasExpected && s.logs != nil {
 		if e, ok := s.logs.get(name); ok {
-			for i := range recs {
-				if size := int64(logcore.FrameSize(&recs[i])); size > e.cfg.MaxSegmentBytes {
-					c.fail(protocol.Errorf(protocol.ErrPayloadTooLarge, "record of %d bytes on disk does not fit in log %q's segments of %d bytes", size, name, e.cfg.MaxSegmentBytes))
-					return
-				}
+			if perr := fitSegments(name, recs, e.cfg.MaxSegmentBytes); perr != nil {
+				c.fail(perr)
+				return
 			}
 			p := &pendingAppend{c: c, recs: recs}
 			claimed := o.msgID == "" || e.dedup == nil // nothing to claim
@@ -83,6 +92,17 @@ func (s *Server) handleAppend(c *call) {
 		res, perr := s.appendRecords(name, recs, o)
 		s.replyAppend(c, name, res, perr)
 	})
+}
+
+// fitSegments refuses records that do not fit in segments of maxSegment
+// bytes of log name.
+func fitSegments(name string, recs []logcore.Record, maxSegment int64) *protocol.Error {
+	for i := range recs {
+		if size := int64(logcore.FrameSize(&recs[i])); size > maxSegment {
+			return protocol.Errorf(protocol.ErrPayloadTooLarge, "record of %d bytes on disk does not fit in log %q's segments of %d bytes", size, name, maxSegment)
+		}
+	}
+	return nil
 }
 
 // parseAppendHeaders reads an append's conditions from its headers.
