@@ -194,6 +194,7 @@ func raftError(err error) *protocol.Error {
 	case strings.Contains(err.Error(), "unable to store logs"):
 		// hashicorp/raft's LogCache: the leader could not write the
 		// entry to its own Raft log (a full disk, say) and stepped down.
+		// raft v1.8.0 has no typed error for it; the text is matched.
 		return protocol.Errorf(protocol.ErrNotLeader, "the leader could not store the entry and stepped down (%v): the outcome is indefinite; retry with the same Natlog-Msg-Id", err)
 	}
 	return protocol.Errorf(protocol.ErrInternal, "raft: %v", err)
@@ -250,7 +251,8 @@ func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (
 
 // failedHere answers an append that Raft committed but this node's copy of
 // the log could not take (a full disk, an I/O error; the FSM applies
-// nothing more to it here): the other replicas have it. A leader in that
+// nothing more to it here): the other replicas apply it, unless their
+// copies failed too. A leader in that
 // state could only answer errors, so it hands the leadership to another
 // voter, and the client, retrying with the same Natlog-Msg-Id, learns the
 // append's offset from the next leader.
