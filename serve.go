@@ -47,6 +47,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Log.Retention.MaxAge, "retention-age", 0, "default age after which a log's segments are removed, e.g. 168h (0: none)")
 	fs.IntVar(&cfg.Log.Retention.MaxSegments, "retention-segments", 0, "default bound on a log's number of segments (0: none)")
 	maxRecord := fs.String("max-record-bytes", "0", "largest record (value and headers) taken (0: the NATS max payload less 512 bytes)")
+	fs.IntVar(&cfg.MaxOpenFiles, "max-open-files", 0, "files the logs may keep open at once (three per open segment; the least recently used are closed\nand reopened on demand); 0: three quarters of the process's open-file limit (ulimit -n)")
 	fs.DurationVar(&cfg.MaxReadWait, "max-read-wait", cfg.MaxReadWait, "longest a batch read may wait for records (long polling)")
 	fs.DurationVar(&cfg.DedupWindow, "dedup-window", cfg.DedupWindow, "how long Natlog-Msg-Id values are remembered (0 disables deduplication)")
 	fs.StringVar(&cfg.Cluster.Name, "cluster", "", "run as a member of the replicated cluster of this name (Raft over NATS; nodes with the same\n--prefix and --cluster on one NATS system find each other); empty: a standalone node")

@@ -3,7 +3,6 @@ package logcore
 import (
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"runtime"
 	"time"
@@ -43,6 +42,11 @@ func (l *Log) AppendBatch(recs []Record) (uint64, error) {
 		l.mu.Unlock()
 		return 0, err
 	}
+	if err := l.unparkLocked(); err != nil {
+		l.mu.Unlock()
+		return 0, err
+	}
+	l.active.lastUsed.Store(l.tick())
 	if l.next+uint64(len(recs)) > maxOffset {
 		l.mu.Unlock()
 		return 0, fmt.Errorf("logcore: offset space exhausted")
@@ -326,6 +330,10 @@ func (l *Log) syncRound(gen uint64) error {
 		l.mu.Unlock()
 		return ErrTruncated
 	}
+	if err := l.unparkLocked(); err != nil {
+		l.mu.Unlock()
+		return err
+	}
 	if err := l.flushLocked(); err != nil {
 		l.mu.Unlock()
 		return err
@@ -462,9 +470,8 @@ func (l *Log) sealFilesLocked(s *segment) error {
 // createSegment creates the files of a new, empty active segment and makes
 // them durable in the directory.
 func (l *Log) createSegment(base uint64) (*segment, error) {
-	s := &segment{dir: l.dir, base: base, tt: newTimeTracker()}
-	s.storeBytes.Store(-1)
-	s.maxTime.Store(math.MinInt64)
+	s := l.newSegment(base)
+	s.tt = newTimeTracker()
 	var err error
 	cleanup := func() {
 		s.closeFiles()
@@ -493,6 +500,7 @@ func (l *Log) createSegment(base uint64) (*segment, error) {
 		cleanup()
 		return nil, fmt.Errorf("fsync dir %s: %w", l.dir, err)
 	}
+	l.track(s)
 	return s, nil
 }
 
@@ -522,7 +530,11 @@ func (l *Log) Close() error {
 	var errs []error
 	s := l.active
 	if l.failed == nil {
-		if err := l.flushLocked(); err != nil {
+		if err := l.unparkLocked(); err != nil {
+			// The files stay as parked: whole, but with the active
+			// index at full size, which the next Open scans.
+			errs = append(errs, err)
+		} else if err := l.flushLocked(); err != nil {
 			errs = append(errs, err)
 		} else if err := l.sealFilesLocked(s); err != nil {
 			errs = append(errs, err)

@@ -89,6 +89,10 @@ type Config struct {
 	// open at once (two or three descriptors each); colder ones are closed
 	// and reopened on demand.
 	MaxOpenSegments int
+	// Files, if set, bounds the open segments of every log that shares it
+	// (see FileBudget): a process with many logs needs one. Nil: each log
+	// bounds only its own sealed segments (MaxOpenSegments).
+	Files *FileBudget
 	// WriteBufferBytes is the size of the buffer appends go through.
 	WriteBufferBytes int
 	// PrewriteBytes is how far ahead of the data the active store is

@@ -97,6 +97,23 @@
 // fail a log on a full disk: the creation of a new segment's files, and
 // with the other policies (or PrewriteBytes 0) the write of the buffer.
 //
+// # Open files
+//
+// A log keeps its active segment's three files open, and those of up to
+// Config.MaxOpenSegments sealed segments it read recently (opened on first
+// use, the least recently used closed beyond that). Logs that share a
+// FileBudget (Config.Files) are bounded together: opening a segment beyond
+// the budget closes the files of the least recently used segments of any of
+// them, sealed ones as above, and the active segment of an idle log too
+// ("parked": its buffer written, its files closed, reopened by the next
+// append, fsync or read, with nothing lost: under SyncAlways only a log
+// with every record fsynced is parked). A process with thousands of logs
+// needs one; without it each log would hold at least three descriptors for
+// as long as it is open. A segment in use is never closed, so the bound is
+// exceeded while more segments than it are busy at once. An append to a
+// parked log that cannot reopen its files (no descriptor left) fails
+// without writing anything, and the log goes on.
+//
 // # Concurrency
 //
 // A Log is safe for concurrent use: appends are serialised internally, reads

@@ -125,9 +125,7 @@ func Open(dir string, cfg Config) (*Log, error) {
 		sorted = append(sorted, cfg.InitialOffset)
 	}
 	for i, b := range sorted {
-		s := &segment{dir: dir, base: b}
-		s.storeBytes.Store(-1)
-		s.maxTime.Store(math.MinInt64)
+		s := l.newSegment(b)
 		if i < len(sorted)-1 {
 			next := sorted[i+1]
 			if next-b > math.MaxUint32 {
@@ -150,6 +148,7 @@ func Open(dir string, cfg Config) (*Log, error) {
 		}
 	}
 	l.active = active
+	l.track(active)
 	l.next = active.base + uint64(active.count)
 	l.visible.Store(l.next)
 	l.flushedNext.Store(l.next)

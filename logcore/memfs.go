@@ -38,6 +38,15 @@ type MemFS struct {
 	mu   sync.Mutex
 	root *memNode
 	gen  uint64 // incremented by Crash; Files of earlier generations are dead
+	open int    // Files opened and not closed (of the current generation)
+}
+
+// OpenFiles returns how many Files are open: what a process would hold as
+// file descriptors.
+func (m *MemFS) OpenFiles() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.open
 }
 
 var _ FS = (*MemFS)(nil)
@@ -171,6 +180,7 @@ func (m *MemFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) 
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
+	m.open++
 	return &memFile{fs: m, node: n, name: name, gen: m.gen, read: acc != os.O_WRONLY,
 		write: acc != os.O_RDONLY, append: flag&os.O_APPEND != 0}, nil
 }
@@ -346,6 +356,7 @@ func (m *MemFS) Crash(opts CrashOptions) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.gen++
+	m.open = 0 // every File open before is unusable
 	rng := opts.Rand
 	if rng == nil {
 		rng = rand.New(rand.NewPCG(uint64(opts.Seed), 0x6d656d6673))
@@ -704,6 +715,7 @@ func (f *memFile) Close() error {
 	}
 	defer f.fs.mu.Unlock()
 	f.closed = true
+	f.fs.open--
 	f.node.maps -= len(f.maps)
 	f.maps = nil
 	return nil

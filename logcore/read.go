@@ -78,7 +78,7 @@ func (l *Log) segmentFor(off uint64) (*segment, error) {
 			continue // removed or replaced since: look again
 		}
 		if s.store != nil {
-			s.lastUsed.Store(l.clock.Add(1))
+			s.lastUsed.Store(l.tick())
 			// Check again: a truncation may have run before fmu.
 			if off < l.lowest.Load() || off >= l.visible.Load() {
 				s.fmu.RUnlock()
@@ -95,12 +95,24 @@ func (l *Log) segmentFor(off uint64) (*segment, error) {
 
 // openCold opens a sealed segment's files and puts it in the cache.
 func (l *Log) openCold(s *segment) error {
+	if !s.sealed.Load() {
+		// The active segment, parked by the file budget.
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if s != l.active {
+			return nil // sealed or replaced since: look again
+		}
+		return l.unparkLocked()
+	}
 	s.fmu.Lock()
 	if s.store != nil || s.deleted {
 		s.fmu.Unlock()
 		return nil
 	}
 	err := s.openSealed(l.fs, l)
+	if err == nil {
+		l.track(s)
+	}
 	s.fmu.Unlock()
 	if err != nil {
 		return fmt.Errorf("logcore: open segment %d: %w", s.base, err)
@@ -112,7 +124,7 @@ func (l *Log) openCold(s *segment) error {
 // cacheAdd notes that a sealed segment's files are open and closes the
 // least recently used ones beyond MaxOpenSegments (skipping any in use).
 func (l *Log) cacheAdd(s *segment) {
-	s.lastUsed.Store(l.clock.Add(1))
+	s.lastUsed.Store(l.tick())
 	l.cacheMu.Lock()
 	defer l.cacheMu.Unlock()
 	l.openSegs = append(l.openSegs, s)

@@ -83,6 +83,14 @@ type segment struct {
 	pendTimes  []byte       // time entries not yet written
 	timeOnFile int64        // bytes of time index on file
 	timesLag   bool         // pendTimes could not be written (reported once)
+	// parked: the FileBudget closed the active segment's files while the
+	// log was idle (see Log.park); idxBacked keeps the index's backed
+	// meanwhile. Guarded by Log.mu (and set under fmu).
+	parked    bool
+	idxBacked int64
+
+	// files is the budget the segment's open files count against, if any.
+	files *FileBudget
 }
 
 // indexed returns how many records of a sealed segment its index holds:
@@ -94,6 +102,9 @@ func (s *segment) path(ext string) string { return filepath.Join(s.dir, segmentN
 
 // closeFiles closes the segment's files. Callers hold fmu exclusively.
 func (s *segment) closeFiles() error {
+	if s.files != nil && (s.store != nil || s.idx != nil || s.timeFile != nil) {
+		s.files.remove(s)
+	}
 	var errs []error
 	if s.idx != nil {
 		errs = append(errs, s.idx.close())

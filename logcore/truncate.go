@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"sort"
 )
@@ -18,6 +17,9 @@ import (
 func (l *Log) TruncateFrom(off uint64) error {
 	defer l.lockAll()()
 	if err := l.writableLocked(); err != nil {
+		return err
+	}
+	if err := l.unparkLocked(); err != nil {
 		return err
 	}
 	if off > l.next || off < l.lowest.Load() {
@@ -35,13 +37,17 @@ func (l *Log) TruncateFrom(off uint64) error {
 	s := l.segs[i]
 	l.segsMu.RUnlock()
 
-	// Position of off in s, while s's files are still open.
-	if s.sealed.Load() {
+	// Position of off in s, while s's files are still open. A sealed
+	// segment's files may be closed again between the open and the lock
+	// (the cache, the file budget): open them until they are there.
+	s.fmu.Lock()
+	for s.sealed.Load() && s.idx == nil {
+		s.fmu.Unlock()
 		if err := l.openCold(s); err != nil {
 			return l.failLocked(err)
 		}
+		s.fmu.Lock()
 	}
-	s.fmu.Lock()
 	rel := uint32(off - s.base)
 	if s.idx == nil || rel >= s.idx.capacity() {
 		s.fmu.Unlock()
@@ -94,14 +100,13 @@ func (l *Log) TruncateFrom(off uint64) error {
 	if err != nil {
 		return l.failLocked(fmt.Errorf("cut %s: %w", s.path(storeExt), err))
 	}
-	ns := &segment{dir: l.dir, base: s.base}
-	ns.storeBytes.Store(-1)
-	ns.maxTime.Store(math.MinInt64)
+	ns := l.newSegment(s.base)
 	recovered := l.stats.recoveries.Load()
 	if err := l.openActive(ns, true); err != nil {
 		return l.failLocked(err)
 	}
 	l.stats.recoveries.Store(recovered) // a truncation is not a crash recovery
+	l.track(ns)
 	if uint64(ns.count) != uint64(rel) {
 		return l.failLocked(corruptf("segment %d holds %d records after truncation, want %d", s.base, ns.count, rel))
 	}

@@ -65,6 +65,15 @@ type Config struct {
 	// them (protocol.LogSettings). OnSync and Logger are set by the node.
 	Log logcore.Config
 
+	// MaxOpenFiles bounds the files the node's logs keep open at once
+	// (each open segment holds up to three): beyond it the least recently
+	// used segments of any log are closed, idle logs included, and
+	// reopened when needed (logcore.FileBudget). Zero derives it from the
+	// process's open-file limit, keeping a quarter of the limit (at least
+	// 256 descriptors, or half of a smaller limit) for connections and
+	// everything else. Ignored if Log.Files is set.
+	MaxOpenFiles int
+
 	// MaxRecordBytes bounds one record (value plus stored headers). Zero
 	// means the NATS max payload less ReplyHeadroom, so that every record
 	// can be read back through NATS.
@@ -136,6 +145,11 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.DataDir == "" {
 		bad("data dir is empty")
+	}
+	if c.MaxOpenFiles < 0 {
+		bad("max open files is negative")
+	} else if c.MaxOpenFiles > 0 && c.MaxOpenFiles < 3 {
+		bad("max open files must be at least 3 (one segment)")
 	}
 	if !protocol.ValidPrefix(c.Prefix) {
 		bad("bad subject prefix %q: want dot-separated tokens of [A-Za-z0-9_-]", c.Prefix)

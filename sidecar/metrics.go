@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sys/unix"
 
+	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -114,6 +115,24 @@ func newMetrics(dataDir string) *metrics {
 		}
 	}
 	return m
+}
+
+// registerFiles adds the gauges of the logs' open-file budget.
+func (m *metrics) registerFiles(b *logcore.FileBudget) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "natlog_open_segments",
+			Help: "Segments of the node's logs whose files are open (up to three descriptors each).",
+		}, func() float64 { return float64(b.OpenSegments()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "natlog_open_segments_max",
+			Help: "The bound on natlog_open_segments (--max-open-files / 3); it is exceeded only while more segments are in use at once.",
+		}, func() float64 { return float64(b.Max()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "natlog_segment_closes_total",
+			Help: "Segments whose files were closed to keep within the bound (reopened when used again); a fast rise means the bound is too small for the logs in use.",
+		}, func() float64 { return float64(b.Evictions()) }),
+	)
 }
 
 func (m *metrics) registerLogs(logs *manager) {

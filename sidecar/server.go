@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/natlog/natlog/logcore"
 	"github.com/natlog/natlog/sidecar/protocol"
 )
 
@@ -115,7 +116,14 @@ func (s *Server) start() (err error) {
 	s.logger = s.logger.With("node", s.nodeID)
 	s.nodeSubjects = s.subjects.Node(s.nodeID)
 
+	if s.cfg.Log.Files == nil {
+		files := openFilesBudget(s.cfg.MaxOpenFiles)
+		s.cfg.Log.Files = logcore.NewFileBudget(files / 3)
+		s.logger.Debug("natlog: open files of the logs bounded", "max_files", files, "max_segments", files/3)
+	}
+	cfg = s.cfg
 	s.metrics = newMetrics(cfg.DataDir)
+	s.metrics.registerFiles(cfg.Log.Files)
 	defaults := cfg.Log
 	defaults.OnSync = s.metrics.onSync
 	defaults.Logger = s.logger
