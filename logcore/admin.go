@@ -356,6 +356,38 @@ func (l *Log) ApplyRetention() error {
 		}
 		n = max(n, k)
 	}
+	if n > 0 && r.KeepWithin > 0 {
+		// The newest record's time: the active segment's, or if it is
+		// empty the last sealed one's.
+		l.mu.Lock()
+		act := l.active
+		newest, empty := act.tt.max, act.count == 0
+		l.mu.Unlock()
+		if act != segs[sealed] {
+			return nil // rolled since: the next round looks again
+		}
+		if empty && sealed > 0 {
+			mt, err := l.sealedMaxTime(segs[sealed-1])
+			if err != nil {
+				return err
+			}
+			newest = mt
+		}
+		floor := int64(math.MinInt64)
+		if newest >= math.MinInt64+int64(r.KeepWithin) {
+			floor = newest - int64(r.KeepWithin)
+		}
+		for k := range n {
+			mt, err := l.sealedMaxTime(segs[k])
+			if err != nil {
+				return err
+			}
+			if mt >= floor {
+				n = k
+				break
+			}
+		}
+	}
 	if n == 0 {
 		return nil
 	}

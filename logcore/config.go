@@ -62,6 +62,13 @@ type Retention struct {
 	MaxAge time.Duration
 	// MaxSegments bounds the number of segments.
 	MaxSegments int
+	// KeepWithin, if positive, keeps every segment holding a record whose
+	// timestamp is within KeepWithin of the log's newest record, whatever
+	// the bounds above say: what must survive a restart for state rebuilt
+	// from the recent records (a deduplication window) to come back
+	// whole. It goes by record times, not the local clock, so replicas of
+	// a log keep the same segments for it. TruncateBefore ignores it.
+	KeepWithin time.Duration
 }
 
 // Config configures a Log. Start from DefaultConfig.

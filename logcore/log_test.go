@@ -357,6 +357,31 @@ func TestRetention(t *testing.T) {
 				t.Fatalf("%d bytes in %d segments, want at most 10 KiB", info.Bytes, info.Segments)
 			}
 		}},
+		{"max segments, keep within 1h", Retention{MaxSegments: 1, KeepWithin: time.Hour}, func(t *testing.T, l *Log) {
+			// Every record from the two hours before the newest is kept,
+			// the older ones go.
+			if low := l.LowestOffset(); low == 0 || low > 200 {
+				t.Fatalf("LowestOffset = %d, want the old segments gone", low)
+			}
+			r, err := l.Read(l.LowestOffset())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if last, _ := l.Read(399); r.Time < last.Time-int64(2*time.Hour) {
+				t.Fatalf("lowest record at %v before the newest", time.Duration(last.Time-r.Time))
+			}
+			if info, _ := l.Info(); info.Segments < 2 {
+				t.Fatalf("%d segments, want those of the last hour kept", info.Segments)
+			}
+			if off, _ := l.OffsetForTime(now.Add(-time.Hour).UnixNano()); off < l.LowestOffset() {
+				t.Fatalf("a record within the hour (offset %d) was removed", off)
+			}
+		}},
+		{"keep within 3h keeps all", Retention{MaxSegments: 1, KeepWithin: 3 * time.Hour}, func(t *testing.T, l *Log) {
+			if low := l.LowestOffset(); low != 0 {
+				t.Fatalf("LowestOffset = %d, want every record kept", low)
+			}
+		}},
 		{"max age", Retention{MaxAge: time.Hour}, func(t *testing.T, l *Log) {
 			// The first 200 records are two hours old, the rest new.
 			if low := l.LowestOffset(); low == 0 || low > 200 {

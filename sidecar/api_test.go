@@ -373,6 +373,15 @@ func TestConditionalAndDedupAppends(t *testing.T) {
 	if string(m.Data) != `{"log":"c","first":3,"last":4,"count":2,"duplicate":true}` {
 		t.Fatalf("batch retry after restart: %s", m.Data)
 	}
+	// Retention keeps what the rebuild needs: the records of the last
+	// window (logcore's TestRetention checks the rule itself).
+	e2, ok := s.logs.get("c")
+	if !ok {
+		t.Fatal("log c not open")
+	}
+	if got := e2.log.Config().Retention.KeepWithin; got != cfg.DedupWindow {
+		t.Fatalf("log retention keeps %v, want the dedup window %v", got, cfg.DedupWindow)
+	}
 }
 
 func TestConcurrentAppendsShareFsyncs(t *testing.T) {

@@ -128,6 +128,9 @@ func (s *Server) start() (err error) {
 	defaults.OnSync = s.metrics.onSync
 	defaults.Logger = s.logger
 	if !cfg.Cluster.Enabled() {
+		// Retention keeps the records of the last dedup window: the
+		// ids are rebuilt from them after a restart.
+		defaults.Retention.KeepWithin = cfg.DedupWindow
 		if s.logs, err = openManager(cfg.DataDir, defaults, cfg.DedupWindow, cfg.DedupMax, s.logger); err != nil {
 			return err
 		}
