@@ -26,13 +26,38 @@ const (
 	OpDelete OpKind = 3
 )
 
+// CommandVersion is the Version of the commands this package's callers
+// make. Version 1 entries are made under these rules, which the FSM
+// enforces, identically on every replica:
+//   - the leader fills in DedupWindow and DedupMax;
+//   - an op's Settings are concrete: MaxSegmentBytes is set (an OpCreate
+//     without Settings, or with MaxSegmentBytes 0, is ErrBadCommand);
+//   - an append whose records take more than the log's segment size is
+//     refused with ErrTooLarge (see AppendBytes), so that every append
+//     is one logcore batch within one segment.
+//
+// Version 0 entries (made before it was kept) are applied as they always
+// were: replayed old entries must give the state that replicas which
+// applied them before the upgrade hold.
+const CommandVersion = 1
+
 // Command is the payload of one Raft entry.
 type Command struct {
+	// Version is the rules the entry was made under (see CommandVersion).
+	Version uint8 `msgpack:"v,omitempty"`
 	// Time is the leader's clock when it made the entry, Unix
 	// nanoseconds. It stamps the records and ages deduplication ids, so
 	// that every replica stores and decides the same.
 	Time int64 `msgpack:"t"`
 	Ops  []Op  `msgpack:"o"`
+	// DedupWindow (nanoseconds) and DedupMax are the leader's
+	// deduplication settings, so that every replica answers a retried
+	// Natlog-Msg-Id alike whatever its own configuration says (see
+	// FSMConfig.DedupWindow). A command without them (0: written before
+	// they were carried) uses the applying node's FSMConfig values, as
+	// such entries always did; replicas configured alike agree on them.
+	DedupWindow int64 `msgpack:"dw,omitempty"`
+	DedupMax    int   `msgpack:"dm,omitempty"`
 }
 
 // Op is one operation of a Command.
@@ -65,7 +90,13 @@ type Header struct {
 }
 
 // LogSettings are a log's own settings, chosen when it is created and the
-// same on every replica. Zero fields take the FSM's defaults.
+// same on every replica: the leader puts concrete values in the entry.
+// Zero retention fields mean no such retention. A zero MaxSegmentBytes is
+// the one field resolved at apply time, from the applying node's
+// FSMConfig.Log: entries written before the leader filled it in (the
+// sidecar's auto-created logs) keep that behaviour, so such a log's
+// segment size, and with it which appends are too large, is each node's
+// own; give every node the same segment size while such logs exist.
 type LogSettings struct {
 	MaxSegmentBytes   int64 `msgpack:"seg,omitempty"`
 	RetentionBytes    int64 `msgpack:"rb,omitempty"`
@@ -99,6 +130,12 @@ var (
 	ErrExpectedOffset = errors.New("raftfsm: expected offset mismatch")
 	// ErrBadCommand: the entry does not decode or an Op is malformed.
 	ErrBadCommand = errors.New("raftfsm: bad command")
+	// ErrTooLarge: the append's records, as the FSM stores them, take more
+	// than the log's segment size. Decided by the op and the log's
+	// settings alone, so every replica refuses it alike; nothing was
+	// written. (logcore keeps a batch whole across a crash only if it
+	// fits in one segment; see AppendBytes.)
+	ErrTooLarge = errors.New("raftfsm: append larger than the log's segment size")
 	// ErrStorage: the log's storage failed on this replica. The FSM stops
 	// applying to that log (it would diverge); see FSM.Failed.
 	ErrStorage = errors.New("raftfsm: storage failure")

@@ -10,13 +10,20 @@
 // is a Command (command.go): the leader's time and a list of ops (append,
 // create, delete), so that one entry carries many client requests. Apply is
 // deterministic: records are stamped with the command's time, and
-// Natlog-Msg-Id deduplication ages ids by that time too.
+// Natlog-Msg-Id deduplication ages ids by that time too, with the window
+// and bound the leader put in the command. The leader also fills in a new
+// log's settings, so that no replica resolves them from its own
+// configuration (see CommandVersion).
 //
 // Exactly once across restarts: the last record of every applied append
 // carries a Natlog-Raft-Index header, "<index>.<op>". On open, each log's
-// last record says which ops it already holds, and replayed entries at or
-// below that are skipped (logcore batches are atomic across a crash, so the
-// last record stands for its batch). The FSM's logs need no fsync of their
+// newest record with it says which ops it already holds, and replayed
+// entries at or below that are skipped. An append is one logcore batch,
+// atomic across a crash if it fits in one segment: entries of
+// CommandVersion 1 refuse larger ones (ErrTooLarge, the same on every
+// replica), and records after the newest header (a larger append of an
+// older entry that a crash cut) are cut on open, so Raft's replay writes
+// the append again whole. The FSM's logs need no fsync of their
 // own (Raft's log holds the entries); Persist fsyncs them before a snapshot
 // is handed to Raft, the one point after which Raft stops replaying.
 // Raft should run with NoSnapshotRestoreOnStart: the FSM recovers from its

@@ -46,12 +46,15 @@ type FSMConfig struct {
 	// logs when Raft takes a snapshot, the only point after which Raft
 	// will not replay entries to it.
 	Log logcore.Config
-	// Defaults are the settings of logs created without settings of
-	// their own.
+	// Defaults are the settings of a log an OpCreate of a version 0
+	// entry creates without settings of its own (version 1 entries always
+	// carry them). They are this node's: keep them alike on every node.
 	Defaults LogSettings
 	// DedupWindow is how long a Natlog-Msg-Id is remembered, measured by
 	// the leader's clock in the entries; DedupMax bounds the ids kept per
-	// log (oldest forgotten first).
+	// log (oldest forgotten first). A leader puts its own values in each
+	// Command (see DedupConfig), and they decide; these apply only to
+	// commands that carry none (made before they were carried).
 	DedupWindow time.Duration
 	DedupMax    int
 	Logger      *slog.Logger
@@ -81,6 +84,19 @@ type FSM struct {
 	coveredMu sync.Mutex // serializes writes of Dir/covered
 	// snapSeq numbers the link directories of snapshots.
 	snapSeq atomic.Uint64
+
+	// dedup is the deduplication settings of the newest command that
+	// carried them (the leader's), kept in Dir/dedup (dedupSaved is what
+	// the file holds) so that a restart rebuilds the tables over the
+	// window the leader uses, whatever this node's own configuration
+	// says. Used by the goroutine that applies entries, and by OpenFSM.
+	dedup, dedupSaved dedupSettings
+
+	// broken, if not nil, is why a Restore failed after it had closed the
+	// logs: the state is incomplete, so the FSM takes no snapshot and
+	// applies nothing (each op answers ErrStorage) until a restart, or a
+	// Restore that completes, makes it whole. Guarded by mu.
+	broken error
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -122,6 +138,9 @@ func OpenFSM(cfg FSMConfig) (*FSM, error) {
 	}
 	f := &FSM{cfg: cfg, fs: cfg.Log.FS, logs: map[string]*fsmLog{}, failed: map[string]error{}}
 	if err := f.fs.MkdirAll(f.path("logs"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := f.loadDedup(); err != nil {
 		return nil, err
 	}
 	if err := f.finishRestore(); err != nil {
@@ -173,6 +192,16 @@ func (f *FSM) openLogs() error {
 			return fmt.Errorf("raftfsm: log %s: %w", name, err)
 		}
 		fl, err := f.openLog(name, dir, meta)
+		if errors.Is(err, errNoPosition) {
+			// Out of service on this replica (the others go on); its
+			// files stay for an operator, and a restored snapshot
+			// replaces them.
+			f.cfg.Logger.Error("raftfsm: log out of service on this replica", "log", name, "err", err)
+			f.mu.Lock()
+			f.failed[name] = err
+			f.mu.Unlock()
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("raftfsm: open log %s: %w", name, err)
 		}
@@ -189,12 +218,41 @@ func (f *FSM) logConfig(s LogSettings) logcore.Config {
 	if s.MaxSegmentBytes > 0 {
 		c.MaxSegmentBytes = s.MaxSegmentBytes
 	}
-	c.Retention = logcore.Retention{MaxBytes: s.RetentionBytes, MaxAge: s.RetentionAgeDuration(), MaxSegments: s.RetentionSegments}
+	c.Retention = logcore.Retention{MaxBytes: s.RetentionBytes, MaxAge: s.RetentionAgeDuration(), MaxSegments: s.RetentionSegments,
+		// The dedup table is rebuilt from the records of the window
+		// after a restart: retention keeps them.
+		KeepWithin: time.Duration(f.rebuildDedup().Window)}
 	return c
 }
 
+// errNoPosition: a log holds records but none of them carries a
+// RaftIndexHeader, so the FSM cannot tell which ops it holds. The log is
+// out of service on this replica (see openLogs).
+var errNoPosition = errors.New("raftfsm: no record of the log carries " + RaftIndexHeader + ": cannot tell which ops it holds; restore this node from a snapshot")
+
 // openLog opens one log and recovers what the FSM knows of it: the Raft
 // index last applied to it and its recent dedup ids.
+//
+// An append is one logcore batch, which a crash keeps whole only if it fits
+// in one segment (CommandVersion 1 appends always do in bytes; older
+// entries could be larger, and a batch of more records than a segment's
+// index holds, the node's MaxIndexBytes/12, spans segments too). If a
+// crash kept a prefix of a larger one, the log's last
+// records lack the header: they are cut off, back to the last record that
+// carries it, so that Raft's replay (which still holds the entry: the FSM
+// fsyncs its logs before any snapshot) appends the op again whole.
+//
+// If no record carries it, the log's records are all of that one append:
+// if the log starts at offset 0 they are cut; otherwise the append may have
+// begun in segments retention removed, and the log is out of service on
+// this replica (errNoPosition) rather than guessed at.
+//
+// An empty log says nothing: its ops are taken to be those of the entry
+// that created it at most, and Raft's replay applies the later ones. That
+// is right unless retention removed every segment holding records that
+// Raft would still replay (records applied after the newest snapshot) and
+// a crash then lost the active segment's; nothing on disk tells that case
+// apart.
 func (f *FSM) openLog(name, dir string, meta logMeta) (*fsmLog, error) {
 	l, err := logcore.Open(filepath.Join(dir, "segments"), f.logConfig(meta.Settings))
 	if err != nil {
@@ -202,43 +260,105 @@ func (f *FSM) openLog(name, dir string, meta logMeta) (*fsmLog, error) {
 	}
 	// The entry that created the log may also append to it: its ops are
 	// applied unless a record says otherwise.
-	fl := &fsmLog{name: name, dir: dir, log: l, meta: meta, applied: position{index: meta.Created, op: -1}, dedup: newDedupTable(f.cfg.DedupWindow, f.cfg.DedupMax)}
-	if last, ok := l.HighestOffset(); ok {
-		rec, err := l.Read(last)
-		if err != nil {
-			l.Close()
-			return nil, err
+	fl := &fsmLog{name: name, dir: dir, log: l, meta: meta, applied: position{index: meta.Created, op: -1}, dedup: newDedupTable()}
+	rec, found, err := lastPositioned(l)
+	if _, ok := l.HighestOffset(); err == nil && !found && ok {
+		// Every record is of the one append a crash cut. If the log
+		// starts at offset 0, that append was its first: cut it all.
+		// Otherwise where it began is unknown (retention removed it).
+		if l.LowestOffset() != 0 {
+			err = errNoPosition
+		} else {
+			f.cfg.Logger.Warn("raftfsm: cutting the records of an append a crash interrupted; Raft replays it whole",
+				"log", name, "from", 0, "next", l.NextOffset())
+			err = l.TruncateFrom(0)
 		}
+	}
+	if err == nil && found && rec.Offset+1 < l.NextOffset() {
+		f.cfg.Logger.Warn("raftfsm: cutting the records of an append a crash interrupted; Raft replays it whole",
+			"log", name, "from", rec.Offset+1, "next", l.NextOffset())
+		err = l.TruncateFrom(rec.Offset + 1)
+	}
+	if err == nil && found {
 		for _, h := range rec.Headers {
 			if p, ok := parsePosition(h); ok && fl.applied.before(p) {
 				fl.applied = p
 			}
 		}
-		if err := fl.dedup.rebuild(l, rec.Time); err != nil {
-			l.Close()
-			return nil, err
-		}
+		err = fl.dedup.rebuild(l, rec.Time, f.rebuildDedup())
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
 	}
 	return fl, nil
 }
 
+// lastPositioned returns the log's newest record that carries a
+// RaftIndexHeader (the last record of an applied append), walking back from
+// the newest record; found is false if no record does.
+func lastPositioned(l *logcore.Log) (rec logcore.Record, found bool, err error) {
+	last, ok := l.HighestOffset()
+	if !ok {
+		return rec, false, nil
+	}
+	for off := last; off >= l.LowestOffset(); off-- {
+		rec, err := l.Read(off)
+		if err != nil {
+			return rec, false, err
+		}
+		for _, h := range rec.Headers {
+			if _, ok := parsePosition(h); ok {
+				return rec, true, nil
+			}
+		}
+		if off == 0 {
+			break
+		}
+	}
+	return logcore.Record{}, false, nil
+}
+
 // Apply applies one Raft entry and returns its []Result (or an error for
 // an entry that does not decode). It is called by Raft, one entry at a time.
+// After a failed Restore (see FSM.broken) it applies nothing: every op's
+// Result is ErrStorage and AppliedIndex stays.
 func (f *FSM) Apply(entry *raft.Log) any {
 	if entry.Type != raft.LogCommand {
 		return nil
 	}
-	defer f.applied.Store(entry.Index)
 	cmd, err := DecodeCommand(entry.Data)
+	if broken := f.brokenErr(); broken != nil {
+		if err != nil {
+			return err
+		}
+		results := make([]Result, len(cmd.Ops))
+		for i := range results {
+			results[i].Err = broken
+		}
+		return results
+	}
+	defer f.applied.Store(entry.Index)
 	if err != nil {
 		f.cfg.Logger.Error("raftfsm: undecodable entry", "index", entry.Index, "err", err)
 		return err
 	}
+	a := applyCtx{now: cmd.Time, version: cmd.Version, dedup: f.commandDedup(cmd)}
 	results := make([]Result, len(cmd.Ops))
 	for i := range cmd.Ops {
-		results[i] = f.applyOp(position{index: entry.Index, op: i}, cmd.Time, &cmd.Ops[i])
+		a.pos = position{index: entry.Index, op: i}
+		results[i] = f.applyOp(a, &cmd.Ops[i])
 	}
 	return results
+}
+
+// applyCtx is what an op's outcome depends on besides the op: its place,
+// and its command's time, rules and deduplication settings.
+type applyCtx struct {
+	pos     position
+	now     int64
+	version uint8
+	dedup   dedupSettings
 }
 
 // position is an op's place in the Raft log: entry index, then op number.
@@ -269,7 +389,8 @@ func parsePosition(h logcore.Header) (position, bool) {
 	return position{index: index, op: op}, true
 }
 
-func (f *FSM) applyOp(pos position, now int64, op *Op) Result {
+func (f *FSM) applyOp(a applyCtx, op *Op) Result {
+	pos := a.pos
 	if !validName(op.Log) {
 		return Result{Err: fmt.Errorf("%w: bad log name %q", ErrBadCommand, op.Log)}
 	}
@@ -284,7 +405,7 @@ func (f *FSM) applyOp(pos position, now int64, op *Op) Result {
 		if fl != nil {
 			return Result{}
 		}
-		_, err := f.create(op.Log, op.Settings, pos.index, now)
+		_, err := f.create(op.Log, op.Settings, a)
 		return Result{Err: err}
 	case OpDelete:
 		if fl == nil {
@@ -300,16 +421,17 @@ func (f *FSM) applyOp(pos position, now int64, op *Op) Result {
 				return Result{Err: fmt.Errorf("%w: %s", ErrUnknownLog, op.Log)}
 			}
 			var err error
-			if fl, err = f.create(op.Log, op.Settings, pos.index, now); err != nil {
+			if fl, err = f.create(op.Log, op.Settings, a); err != nil {
 				return Result{Err: err}
 			}
 		}
-		return f.appendOp(fl, pos, now, op)
+		return f.appendOp(fl, a, op)
 	}
 	return Result{Err: fmt.Errorf("%w: unknown op kind %d", ErrBadCommand, op.Kind)}
 }
 
-func (f *FSM) appendOp(fl *fsmLog, pos position, now int64, op *Op) Result {
+func (f *FSM) appendOp(fl *fsmLog, a applyCtx, op *Op) Result {
+	pos, now := a.pos, a.now
 	if !fl.applied.before(pos) {
 		// Replayed after a restart: this entry's records are already in
 		// the log. Nobody waits for this result.
@@ -319,30 +441,23 @@ func (f *FSM) appendOp(fl *fsmLog, pos position, now int64, op *Op) Result {
 		return Result{Err: fmt.Errorf("%w: append of no records", ErrBadCommand)}
 	}
 	if op.MsgID != "" {
-		if e, ok := fl.dedup.lookup(op.MsgID, now); ok {
+		if e, ok := fl.dedup.lookup(op.MsgID, now, a.dedup); ok {
 			return Result{First: e.first, Count: e.count, Duplicate: true}
 		}
 	}
 	if op.Expected != nil && *op.Expected != fl.log.NextOffset() {
 		return Result{Err: &ExpectedOffsetError{Log: fl.name, Expected: *op.Expected, Next: fl.log.NextOffset()}}
 	}
+	if seg := fl.log.Config().MaxSegmentBytes; a.version >= 1 && AppendBytes(op) > seg {
+		// Decided by the op and the log's settings, the same on every
+		// replica. A larger batch would span segments, and a crash could
+		// keep a prefix of it.
+		return Result{Err: fmt.Errorf("%w: log %s: %d records take %d bytes, segments hold %d", ErrTooLarge, fl.name, len(op.Records), AppendBytes(op), seg)}
+	}
 	recs := make([]logcore.Record, len(op.Records))
+	at := pos.String()
 	for i, r := range op.Records {
-		hs := make([]logcore.Header, 0, len(r.Headers)+2)
-		for _, h := range r.Headers {
-			if h.Key != RaftIndexHeader && h.Key != MsgIDHeader && h.Key != MsgCountHeader {
-				hs = append(hs, logcore.Header{Key: h.Key, Value: h.Value})
-			}
-		}
-		if op.MsgID != "" && i == 0 {
-			hs = append(hs, logcore.Header{Key: MsgIDHeader, Value: op.MsgID})
-			if len(op.Records) > 1 {
-				hs = append(hs, logcore.Header{Key: MsgCountHeader, Value: strconv.Itoa(len(op.Records))})
-			}
-		}
-		if i == len(op.Records)-1 {
-			hs = append(hs, logcore.Header{Key: RaftIndexHeader, Value: pos.String()})
-		}
+		hs := storedHeaders(make([]logcore.Header, 0, len(r.Headers)+2), op, i, at)
 		recs[i] = logcore.Record{Time: now, Headers: hs, Value: r.Value}
 	}
 	first, err := fl.log.AppendBatch(recs)
@@ -356,9 +471,52 @@ func (f *FSM) appendOp(fl *fsmLog, pos position, now int64, op *Op) Result {
 	}
 	fl.applied = pos
 	if op.MsgID != "" {
-		fl.dedup.add(op.MsgID, dedupEntry{first: first, count: len(recs), at: now})
+		fl.dedup.add(op.MsgID, dedupEntry{first: first, count: len(recs), at: now}, a.dedup)
 	}
 	return Result{First: first, Count: len(recs)}
+}
+
+// storedHeaders appends to dst the headers record i of append op is stored
+// with: its own, but for the FSM's, which are added: the msg id (and count)
+// on the first record, the Raft index at on the last.
+func storedHeaders(dst []logcore.Header, op *Op, i int, at string) []logcore.Header {
+	for _, h := range op.Records[i].Headers {
+		if h.Key != RaftIndexHeader && h.Key != MsgIDHeader && h.Key != MsgCountHeader {
+			dst = append(dst, logcore.Header{Key: h.Key, Value: h.Value})
+		}
+	}
+	if op.MsgID != "" && i == 0 {
+		dst = append(dst, logcore.Header{Key: MsgIDHeader, Value: op.MsgID})
+		if len(op.Records) > 1 {
+			dst = append(dst, logcore.Header{Key: MsgCountHeader, Value: strconv.Itoa(len(op.Records))})
+		}
+	}
+	if i == len(op.Records)-1 {
+		dst = append(dst, logcore.Header{Key: RaftIndexHeader, Value: at})
+	}
+	return dst
+}
+
+// longestPosition is a RaftIndexHeader value of the greatest length: a
+// uint64 index, an op number that is an int32.
+const longestPosition = "18446744073709551615.2147483647"
+
+// AppendBytes returns the bytes that the records of append op take in a
+// log's segment as the FSM stores them (with its headers, the Raft index
+// counted at its longest). Under CommandVersion 1 the FSM refuses, with
+// ErrTooLarge, an append for which it exceeds the log's
+// MaxSegmentBytes: a leader compares the same to refuse it before it
+// costs a Raft entry. The bytes of several appends merged into one op are
+// at most the sum of theirs.
+func AppendBytes(op *Op) int64 {
+	var total int64
+	var r logcore.Record
+	for i := range op.Records {
+		r.Headers = storedHeaders(r.Headers[:0], op, i, longestPosition)
+		r.Value = op.Records[i].Value
+		total += int64(logcore.FrameSize(&r))
+	}
+	return total
 }
 
 // fail marks a log whose storage failed: the FSM applies nothing more to
@@ -373,17 +531,23 @@ func (f *FSM) fail(fl *fsmLog, err error) error {
 }
 
 // create makes a new log: its directory, its metadata (written durably
-// before any record), its segments. index and now are the create's entry
-// and its time.
-func (f *FSM) create(name string, s *LogSettings, index uint64, now int64) (*fsmLog, error) {
+// before any record), its segments. a is the create's place, time and
+// rules.
+//
+// Settings that no replica could use are ErrBadCommand, decided by the
+// entry alone: the log is not created, and a later op may create it.
+func (f *FSM) create(name string, s *LogSettings, a applyCtx) (*fsmLog, error) {
 	settings := f.cfg.Defaults
 	if s != nil {
 		settings = *s
 	}
-	meta := logMeta{Settings: settings, Created: index, CreatedTime: now}
+	if err := checkSettings(settings, s != nil, a.version); err != nil {
+		return nil, fmt.Errorf("%w: create %s: %v", ErrBadCommand, name, err)
+	}
+	meta := logMeta{Settings: settings, Created: a.pos.index, CreatedTime: a.now}
 	dir := f.path("logs", name)
-	// A create that fails here (a full disk) marks the log failed on this
-	// replica: a later op must not create it at a later index, which would
+	// A create that fails from here on (a full disk) marks the log failed
+	// on this replica: a later op must not create it at a later index, which would
 	// give its records other offsets than the other replicas'.
 	failed := func(err error) (*fsmLog, error) {
 		f.cfg.Logger.Error("raftfsm: cannot create a log; not applying to it", "log", name, "err", err)
@@ -410,6 +574,13 @@ func (f *FSM) create(name string, s *LogSettings, index uint64, now int64) (*fsm
 
 // delete removes a log: renamed into Dir/trash first, so a crash never
 // leaves half a log under logs/.
+//
+// If the rename fails, or cannot be made durable, the log's files may stay
+// under logs/ while the other replicas have deleted it: the log is marked
+// failed here, so that no later op creates it again on top of its old
+// segments (at their offsets) and no snapshot holds it. A restart replays
+// the delete. Once the rename is durable the delete has happened; emptying
+// the trash is housekeeping, retried on the next open.
 func (f *FSM) delete(fl *fsmLog, index uint64) error {
 	f.mu.Lock()
 	delete(f.logs, fl.name)
@@ -417,16 +588,47 @@ func (f *FSM) delete(fl *fsmLog, index uint64) error {
 	fl.log.Close()
 	trash := f.path("trash")
 	if err := f.fs.MkdirAll(trash, 0o755); err != nil {
-		return fmt.Errorf("%w: delete %s: %v", ErrStorage, fl.name, err)
+		return f.fail(fl, fmt.Errorf("delete: %w", err))
 	}
 	to := filepath.Join(trash, fl.name+"."+strconv.FormatUint(index, 10))
 	if err := f.fs.Rename(fl.dir, to); err != nil {
-		return fmt.Errorf("%w: delete %s: %v", ErrStorage, fl.name, err)
+		return f.fail(fl, fmt.Errorf("delete: %w", err))
 	}
 	if err := f.fs.SyncDir(f.path("logs")); err != nil {
-		return fmt.Errorf("%w: delete %s: %v", ErrStorage, fl.name, err)
+		return f.fail(fl, fmt.Errorf("delete: %w", err))
 	}
-	return f.emptyTrash()
+	if err := f.emptyTrash(); err != nil {
+		f.cfg.Logger.Warn("raftfsm: a deleted log's files stay in the trash until the next open", "log", fl.name, "err", err)
+	}
+	return nil
+}
+
+// checkSettings refuses settings no replica could open a log with. given
+// says the op carried them; under CommandVersion 1 they must, with a
+// segment size (see CommandVersion). The check reads no local
+// configuration: logcore's defaults stand for the fields settings do not
+// hold.
+func checkSettings(s LogSettings, given bool, version uint8) error {
+	if version >= 1 && (!given || s.MaxSegmentBytes <= 0) {
+		return errors.New("settings without a segment size")
+	}
+	c := logcore.DefaultConfig()
+	if s.MaxSegmentBytes > 0 { // as logConfig reads it
+		c.MaxSegmentBytes = s.MaxSegmentBytes
+	}
+	c.Retention = logcore.Retention{MaxBytes: s.RetentionBytes, MaxAge: s.RetentionAgeDuration(), MaxSegments: s.RetentionSegments}
+	return c.Validate()
+}
+
+// brokenErr returns the error ops answer while the FSM is broken (see
+// FSM.broken), or nil.
+func (f *FSM) brokenErr() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.broken == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: a snapshot restore failed on this replica; restart the node: %v", ErrStorage, f.broken)
 }
 
 func (f *FSM) emptyTrash() error {
@@ -465,11 +667,17 @@ func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 func (f *FSM) Covers(applied uint64) bool { return f.covered.Load() >= applied }
 
 // noteCovered records durably that the logs on disk hold the state up to
-// applied.
+// applied. It only raises the covered index (a snapshot Persist wrote).
 func (f *FSM) noteCovered(applied uint64) error {
+	return f.setCovered(applied, false)
+}
+
+// setCovered records the covered index durably: raised to applied, or, if
+// exact, set to it (a Restore installs exactly that state).
+func (f *FSM) setCovered(applied uint64, exact bool) error {
 	f.coveredMu.Lock()
 	defer f.coveredMu.Unlock()
-	if applied <= f.covered.Load() {
+	if cur := f.covered.Load(); applied == cur || !exact && applied < cur {
 		return nil
 	}
 	if err := logcore.WriteFileAtomic(f.fs, f.path("covered"), strconv.AppendUint(nil, applied, 10)); err != nil {

@@ -36,6 +36,11 @@ type snapshotHeader struct {
 	// Applied is the FSM's AppliedIndex at the cut (0 in snapshots
 	// written before it was kept).
 	Applied uint64 `msgpack:"a,omitempty"`
+	// Dedup is the FSM's dedup settings at the cut (the leader's, see
+	// FSM.dedup), so that a node restoring the snapshot rebuilds its
+	// tables over the leader's window; nil in snapshots written before it
+	// was kept.
+	Dedup *dedupSettings `msgpack:"d,omitempty"`
 }
 
 type snapshotLog struct {
@@ -70,6 +75,11 @@ const snapshotLinksDir = "snapshot.tmp"
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	// A failed Restore left the logs incomplete: a snapshot of them would
+	// lose records for good.
+	if f.broken != nil {
+		return nil, fmt.Errorf("raftfsm: snapshot: a snapshot restore failed on this replica; restart the node: %w", f.broken)
+	}
 	// A log that failed to apply an entry lacks records the snapshot's
 	// applied index would claim: Raft would compact the entries away and
 	// a restart could not re-apply them. No snapshot until the node is
@@ -77,7 +87,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if failed := sortedKeys(f.failed); len(failed) > 0 {
 		return nil, fmt.Errorf("raftfsm: snapshot: log %s failed on this replica: %w", failed[0], f.failed[failed[0]])
 	}
-	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion, Applied: f.applied.Load()}}
+	dedup := f.dedup
+	s := &cutSnapshot{f: f, header: snapshotHeader{Version: snapshotVersion, Applied: f.applied.Load(), Dedup: &dedup}}
 	for _, name := range sortedKeys(f.logs) {
 		fl := f.logs[name]
 		c, err := fl.log.MarkCut()
@@ -209,6 +220,11 @@ func (s *cutSnapshot) Release() {
 
 // Restore replaces the FSM's state with a snapshot's. The new logs are built
 // under Dir/restore.tmp, marked complete, then swapped in for Dir/logs.
+//
+// A failure before the old logs are closed leaves the FSM as it was. One
+// after (the swap or the opening of the new logs) leaves it without a
+// whole state: the FSM is then broken (see FSM.broken) until the node
+// restarts, which finishes the swap, or a later Restore completes.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	tmp := f.path("restore.tmp")
@@ -218,28 +234,52 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.fs.MkdirAll(filepath.Join(tmp, "logs"), 0o755); err != nil {
 		return err
 	}
-	applied, err := f.buildFromSnapshot(bufio.NewReaderSize(rc, 256<<10), filepath.Join(tmp, "logs"))
+	hdr, err := f.buildFromSnapshot(bufio.NewReaderSize(rc, 256<<10), filepath.Join(tmp, "logs"))
 	if err != nil {
 		f.fs.RemoveAll(tmp)
 		return fmt.Errorf("raftfsm: restore: %w", err)
 	}
 	if err := logcore.WriteFileAtomic(f.fs, filepath.Join(tmp, "COMPLETE"), nil); err != nil {
-		return err
+		f.fs.RemoveAll(tmp)
+		return fmt.Errorf("raftfsm: restore: %w", err)
+	}
+	// The covered index must not claim more than the new logs hold: lower
+	// it before the swap (the old logs hold at least as much), raise it
+	// after.
+	if hdr.Applied < f.covered.Load() {
+		if err := f.setCovered(hdr.Applied, true); err != nil {
+			f.fs.RemoveAll(tmp)
+			return fmt.Errorf("raftfsm: restore: %w", err)
+		}
 	}
 	if err := f.closeLogs(); err != nil {
 		f.cfg.Logger.Warn("raftfsm: closing logs before restore", "err", err)
 	}
-	if err := f.finishRestore(); err != nil {
+	broken := func(err error) error {
+		f.closeLogs()
+		f.mu.Lock()
+		f.broken = err
+		f.mu.Unlock()
+		f.cfg.Logger.Error("raftfsm: snapshot restore failed after closing the logs; applying nothing until a restart", "err", err)
 		return fmt.Errorf("raftfsm: restore: %w", err)
+	}
+	if err := f.finishRestore(); err != nil {
+		return broken(err)
+	}
+	if hdr.Dedup != nil && hdr.Dedup.Window > 0 && hdr.Dedup.Max > 0 {
+		f.noteDedup(*hdr.Dedup) // before openLogs rebuilds the tables
 	}
 	f.mu.Lock()
 	f.failed = map[string]error{}
 	f.mu.Unlock()
 	if err := f.openLogs(); err != nil {
-		return err
+		return broken(err)
 	}
-	f.applied.Store(applied)
-	if err := f.noteCovered(applied); err != nil {
+	f.mu.Lock()
+	f.broken = nil
+	f.mu.Unlock()
+	f.applied.Store(hdr.Applied)
+	if err := f.setCovered(hdr.Applied, true); err != nil {
 		return fmt.Errorf("raftfsm: restore: %w", err)
 	}
 	return nil
@@ -277,30 +317,30 @@ func SnapshotApplied(r io.Reader) (uint64, error) {
 }
 
 // buildFromSnapshot writes the snapshot's logs under dir and returns the
-// snapshot's applied index.
-func (f *FSM) buildFromSnapshot(r io.Reader, dir string) (uint64, error) {
+// snapshot's header.
+func (f *FSM) buildFromSnapshot(r io.Reader, dir string) (snapshotHeader, error) {
 	hdr, err := readSnapshotHeader(r)
 	if err != nil {
-		return 0, err
+		return hdr, err
 	}
 	fr := logcore.NewFrameReader(r)
 	for _, h := range hdr.Logs {
 		if !validName(h.Name) || h.Next < h.Lowest {
-			return 0, fmt.Errorf("snapshot log %q: bad header", h.Name)
+			return hdr, fmt.Errorf("snapshot log %q: bad header", h.Name)
 		}
 		ldir := filepath.Join(dir, h.Name)
 		if err := f.fs.MkdirAll(ldir, 0o755); err != nil {
-			return 0, err
+			return hdr, err
 		}
 		if err := logcore.WriteFileAtomic(f.fs, filepath.Join(ldir, "meta"), mustMarshal(h.Meta)); err != nil {
-			return 0, err
+			return hdr, err
 		}
 		cfg := f.logConfig(h.Meta.Settings)
 		cfg.InitialOffset = h.Lowest
 		cfg.Sync = logcore.SyncNeverUnsafe
 		l, err := logcore.Open(filepath.Join(ldir, "segments"), cfg)
 		if err != nil {
-			return 0, err
+			return hdr, err
 		}
 		err = copyRecords(fr, l, h)
 		if err == nil {
@@ -310,10 +350,10 @@ func (f *FSM) buildFromSnapshot(r io.Reader, dir string) (uint64, error) {
 			err = cerr
 		}
 		if err != nil {
-			return 0, fmt.Errorf("snapshot log %s: %w", h.Name, err)
+			return hdr, fmt.Errorf("snapshot log %s: %w", h.Name, err)
 		}
 	}
-	return hdr.Applied, nil
+	return hdr, nil
 }
 
 // copyRecords appends the next h.Next-h.Lowest records of the stream to l,

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -101,6 +102,9 @@ func TestSnapshotStoreLinksInsteadOfCopying(t *testing.T) {
 		t.Fatalf("retention removed segments of a snapshot being taken: lowest offset %d", a.LowestOffset())
 	}
 	id := persistSnapshot(t, snap, store, 300)
+	// Retention keeps the dedup window before the newest record: ten
+	// minutes later, the older segments may go.
+	src.Apply(entry(t, 401, int64(10*time.Minute), appendOp("a", "401")))
 	must(t, a.ApplyRetention())
 	if a.LowestOffset() == 0 {
 		t.Fatal("retention did not resume after the snapshot was released")

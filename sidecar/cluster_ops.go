@@ -33,9 +33,10 @@ type applier struct {
 
 // proposal is one operation waiting for its entry.
 type proposal struct {
-	op   raftfsm.Op
-	size int
-	done chan proposalResult // buffered(1)
+	op     raftfsm.Op
+	size   int
+	stored int64               // raftfsm.AppendBytes(&op): what its records take in a segment
+	done   chan proposalResult // buffered(1)
 }
 
 type proposalResult struct {
@@ -52,7 +53,7 @@ func (a *applier) propose(op raftfsm.Op) (raftfsm.Result, error) {
 			size += len(h.Key) + len(h.Value) + 4
 		}
 	}
-	p := &proposal{op: op, size: size, done: make(chan proposalResult, 1)}
+	p := &proposal{op: op, size: size, stored: raftfsm.AppendBytes(&op), done: make(chan proposalResult, 1)}
 	a.mu.Lock()
 	a.pending = append(a.pending, p)
 	if a.inflight < a.n.cfg.MaxApplyInflight {
@@ -99,26 +100,31 @@ func (a *applier) round(batch []*proposal) {
 }
 
 func (a *applier) apply(batch []*proposal) {
-	cmd := raftfsm.Command{Time: time.Now().UnixNano(), Ops: make([]raftfsm.Op, 0, len(batch))}
+	window, dedupMax := a.n.fsm.DedupConfig()
+	cmd := raftfsm.Command{Version: raftfsm.CommandVersion, Time: time.Now().UnixNano(), Ops: make([]raftfsm.Op, 0, len(batch)),
+		DedupWindow: window.Nanoseconds(), DedupMax: dedupMax}
 	// Plain appends (no msg id, no expected offset) to one log are merged
 	// into one op, so that the FSM writes them with one AppendBatch; each
 	// request's records stay consecutive. where[i] is proposal i's op and
 	// the position of its first record in it.
 	type place struct{ op, at int }
 	where := make([]place, len(batch))
+	// A merged op's stored bytes are at most the sum of its parts', kept
+	// within mergeLimit, so the FSM never refuses (raftfsm.ErrTooLarge) a
+	// merge of requests that each fit.
 	merged := map[string]int{} // log -> index of its open plain op
-	mergedBytes := map[string]int{}
+	mergedBytes := map[string]int64{}
 	for i, p := range batch {
-		if k, ok := merged[p.op.Log]; ok && plainAppend(&p.op) && mergedBytes[p.op.Log]+p.size <= a.mergeLimit(p.op.Log) {
+		if k, ok := merged[p.op.Log]; ok && plainAppend(&p.op) && mergedBytes[p.op.Log]+p.stored <= a.mergeLimit(&p.op) {
 			where[i] = place{op: k, at: len(cmd.Ops[k].Records)}
 			cmd.Ops[k].Records = append(cmd.Ops[k].Records, p.op.Records...)
-			mergedBytes[p.op.Log] += p.size
+			mergedBytes[p.op.Log] += p.stored
 			continue
 		}
 		where[i] = place{op: len(cmd.Ops)}
 		if plainAppend(&p.op) {
 			merged[p.op.Log] = len(cmd.Ops)
-			mergedBytes[p.op.Log] = p.size
+			mergedBytes[p.op.Log] = p.stored
 			p.op.Records = slices.Clip(p.op.Records) // appends to the merged op copy
 		}
 		cmd.Ops = append(cmd.Ops, p.op)
@@ -165,17 +171,36 @@ func plainAppend(op *raftfsm.Op) bool {
 	return op.Kind == raftfsm.OpAppend && op.MsgID == "" && op.Expected == nil
 }
 
-// mergeLimit bounds the bytes of plain appends merged into one op for the
-// log: half its segment size (logcore keeps a batch that fits in a segment
-// whole across a crash), at most MaxEntryBytes.
-func (a *applier) mergeLimit(log string) int {
-	limit := a.n.cfg.MaxEntryBytes
-	if l := a.n.fsm.Log(log); l != nil {
-		limit = min(limit, int(l.Config().MaxSegmentBytes/2))
-	} else {
-		limit = min(limit, int(a.n.s.cfg.Log.MaxSegmentBytes/2))
+// mergeLimit bounds the stored bytes (raftfsm.AppendBytes) of plain
+// appends merged into one op for op's log: half its segment size (logcore
+// keeps a batch that fits in a segment whole across a crash, and the FSM
+// refuses a larger one), at most MaxEntryBytes.
+func (a *applier) mergeLimit(op *raftfsm.Op) int64 {
+	return min(int64(a.n.cfg.MaxEntryBytes), a.n.segmentBytes(op.Log, op.Settings)/2)
+}
+
+// segmentBytes is the segment size the FSM holds an append to log against:
+// the log's, or, for a log the append creates, its settings'.
+func (n *clusterNode) segmentBytes(log string, create *raftfsm.LogSettings) int64 {
+	if l := n.fsm.Log(log); l != nil {
+		return l.Config().MaxSegmentBytes
 	}
-	return limit
+	if create != nil && create.MaxSegmentBytes > 0 {
+		return create.MaxSegmentBytes
+	}
+	return n.s.cfg.Log.MaxSegmentBytes
+}
+
+// fsmSettings returns the concrete settings the FSM creates a log with,
+// from its effective configuration: every replica then holds the same
+// values, whatever its own defaults (see raftfsm.LogSettings).
+func fsmSettings(cfg logcore.Config) *raftfsm.LogSettings {
+	return &raftfsm.LogSettings{
+		MaxSegmentBytes:   cfg.MaxSegmentBytes,
+		RetentionBytes:    cfg.Retention.MaxBytes,
+		RetentionAge:      int64(cfg.Retention.MaxAge),
+		RetentionSegments: cfg.Retention.MaxSegments,
+	}
 }
 
 // raftError turns the failure of a Raft Apply into a protocol error.
@@ -210,7 +235,7 @@ func resultError(name string, err error) *protocol.Error {
 		return protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)
 	case errors.Is(err, raftfsm.ErrBadCommand):
 		return protocol.Errorf(protocol.ErrBadRequest, "%v", err)
-	case errors.Is(err, logcore.ErrRecordTooLarge):
+	case errors.Is(err, logcore.ErrRecordTooLarge), errors.Is(err, raftfsm.ErrTooLarge):
 		return protocol.Errorf(protocol.ErrPayloadTooLarge, "record too large for log %q: %v", name, err)
 	case errors.Is(err, raftfsm.ErrStorage):
 		return protocol.Errorf(protocol.ErrStorage, "log %q: %v", name, err)
@@ -218,9 +243,10 @@ func resultError(name string, err error) *protocol.Error {
 	return protocol.Errorf(protocol.ErrInternal, "log %q: %v", name, err)
 }
 
-// clusterAppend appends recs through Raft.
+// clusterAppend appends recs through Raft. A log it creates gets the node's
+// default settings, filled in by this leader (as create does).
 func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (appendResult, *protocol.Error) {
-	op := raftfsm.Op{Kind: raftfsm.OpAppend, Log: name, MsgID: o.msgID, Settings: &raftfsm.LogSettings{},
+	op := raftfsm.Op{Kind: raftfsm.OpAppend, Log: name, MsgID: o.msgID, Settings: fsmSettings(n.s.cfg.Log),
 		Records: make([]raftfsm.Record, len(recs))}
 	if o.hasExpected {
 		exp := o.expected
@@ -235,6 +261,10 @@ func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (
 			}
 			op.Records[i].Headers = hs
 		}
+	}
+	// Refused before it costs a Raft entry; the FSM refuses it alike.
+	if size, seg := raftfsm.AppendBytes(&op), n.segmentBytes(name, op.Settings); size > seg {
+		return appendResult{}, protocol.Errorf(protocol.ErrPayloadTooLarge, "the %d records take %d bytes on disk, more than log %q's segments of %d bytes: send them in smaller appends", len(recs), size, name, seg)
 	}
 	res, err := n.applier.propose(op)
 	if err != nil {
@@ -294,13 +324,7 @@ func (n *clusterNode) create(name string, settings protocol.LogSettings) (protoc
 	if err != nil {
 		return protocol.LogInfo{}, protocol.AsError(err)
 	}
-	ls := &raftfsm.LogSettings{
-		MaxSegmentBytes:   cfg.MaxSegmentBytes,
-		RetentionBytes:    cfg.Retention.MaxBytes,
-		RetentionAge:      int64(cfg.Retention.MaxAge),
-		RetentionSegments: cfg.Retention.MaxSegments,
-	}
-	res, aerr := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpCreate, Log: name, Settings: ls})
+	res, aerr := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpCreate, Log: name, Settings: fsmSettings(cfg)})
 	if aerr != nil {
 		return protocol.LogInfo{}, raftError(aerr)
 	}
