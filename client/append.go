@@ -1,9 +1,12 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -187,7 +190,9 @@ func (f *AppendFuture) Wait(ctx context.Context) (uint64, error) {
 // that a producer held back by the window sends full batches. Records of
 // one client to one log are appended in the order AppendAsync was called,
 // also across retries, each exactly once. A batch that fails (after retrying for
-// WithAsyncTimeout) fails all its futures with the same error.
+// WithAsyncTimeout) fails all its futures with the same error. AppendAsync
+// copies value and the headers of WithHeaders before it returns: the
+// caller may reuse them at once.
 func (c *Client) AppendAsync(ctx context.Context, log string, value []byte, opts ...AppendOption) (*AppendFuture, error) {
 	var o appendOpts
 	for _, f := range opts {
@@ -216,7 +221,10 @@ func (c *Client) AppendAsync(ctx context.Context, log string, value []byte, opts
 		return nil, &Error{Op: "append", Log: log, Err: ErrClosed}
 	}
 	f := &AppendFuture{done: make(chan struct{})}
-	c.producerFor(log).enqueue(pending{rec: Record{Value: value, Headers: o.headers}, f: f})
+	// The record is sent later, from another goroutine: copy what the
+	// caller may reuse.
+	rec := Record{Value: bytes.Clone(value), Headers: cloneHeader(o.headers)}
+	c.producerFor(log).enqueue(pending{rec: rec, f: f})
 	return f, nil
 }
 
@@ -228,23 +236,31 @@ func (asyncOptionError) Error() string {
 
 var errAsyncOption error = asyncOptionError{}
 
+// cloneHeader returns a deep copy of h (nil for nil).
+func cloneHeader(h nats.Header) nats.Header {
+	if h == nil {
+		return nil
+	}
+	c := make(nats.Header, len(h))
+	for k, vs := range h {
+		c[k] = slices.Clone(vs)
+	}
+	return c
+}
+
 // Flush waits until every record queued with AppendAsync before the call
-// has been acknowledged or has failed.
+// has been acknowledged or has failed, or until ctx ends (it returns ctx's
+// error). It may be called concurrently, with AppendAsync too.
 func (c *Client) Flush(ctx context.Context) error {
-	// Every pending record holds a window slot: holding them all means
-	// none is pending. Slots freed meanwhile by newer records are fine.
-	got := 0
-	defer func() {
-		for range got {
-			<-c.window
-		}
-	}()
-	for got < cap(c.window) {
-		select {
-		case c.window <- struct{}{}:
-			got++
-		case <-ctx.Done():
-			return ctx.Err()
+	c.prodMu.Lock()
+	ps := make([]*producer, 0, len(c.producers))
+	for _, p := range c.producers {
+		ps = append(ps, p)
+	}
+	c.prodMu.Unlock()
+	for _, p := range ps {
+		if err := p.flush(ctx); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -262,6 +278,12 @@ type producer struct {
 	mu      sync.Mutex
 	queue   []pending
 	sending bool
+	// enqueued and completed count the records queued and those whose
+	// futures are done; batches complete in queue order, so the done
+	// ones are the first completed queued. flushed, when not nil, is
+	// closed (and cleared) when completed grows: Flush waits on it.
+	enqueued, completed uint64
+	flushed             chan struct{}
 	// want, when not 0, is the queue length the producer waits for
 	// before its next batch; enqueue signals grown when it is reached.
 	want  int
@@ -282,6 +304,7 @@ func (c *Client) producerFor(log string) *producer {
 func (p *producer) enqueue(r pending) {
 	p.mu.Lock()
 	p.queue = append(p.queue, r)
+	p.enqueued++
 	start := !p.sending
 	p.sending = true
 	signal := p.want > 0 && len(p.queue) >= p.want
@@ -335,8 +358,36 @@ func (p *producer) run() {
 		p.mu.Unlock()
 		t0 := time.Now()
 		p.send(batch)
+		p.mu.Lock()
+		p.completed += uint64(len(batch))
+		if p.flushed != nil {
+			close(p.flushed)
+			p.flushed = nil
+		}
+		p.mu.Unlock()
 		p.linger(len(batch), time.Since(t0))
 	}
+}
+
+// flush waits until the records queued before the call are done.
+func (p *producer) flush(ctx context.Context) error {
+	p.mu.Lock()
+	target := p.enqueued
+	for p.completed < target {
+		if p.flushed == nil {
+			p.flushed = make(chan struct{})
+		}
+		ch := p.flushed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	return nil
 }
 
 // linger waits, after a batch of sent records came back, for the
@@ -389,6 +440,12 @@ func (p *producer) send(batch []pending) {
 		var r AppendResult
 		r, err = c.AppendBatch(ctx, p.log, recs)
 		first = r.First
+		if err == nil && r.Count != len(batch) {
+			// first+i would name records of another append (a
+			// duplicate of an older batch with the same id).
+			err = &Error{Op: "append", Log: p.log, Indefinite: true, Attempts: 1,
+				Err: fmt.Errorf("the node acknowledged %d records at offset %d for a batch of %d", r.Count, r.First, len(batch))}
+		}
 	}
 	if err != nil && c.ctx.Err() != nil {
 		var e *Error

@@ -37,6 +37,7 @@ type options struct {
 	logger        *slog.Logger
 	natsOpts      []nats.Option
 	readFromNodes bool
+	retryWindow   time.Duration
 }
 
 func defaultOptions() options {
@@ -51,7 +52,31 @@ func defaultOptions() options {
 		asyncTimeout:  time.Minute,
 		logger:        slog.New(slog.DiscardHandler),
 		readFromNodes: true,
+		retryWindow:   DefaultRetryWindow,
 	}
+}
+
+// DefaultRetryWindow is how long, by default, an append that may have been
+// written is retried with its Natlog-Msg-Id (WithRetryWindow): well inside
+// the nodes' default dedup window of 2 minutes.
+const DefaultRetryWindow = 90 * time.Second
+
+// validate reports options that would make the client misbehave later
+// (a ticker or timer of zero, a retry loop without a pause).
+func (o *options) validate() error {
+	switch {
+	case o.maxPending < 1 || o.maxBatch < 1:
+		return errors.New("natlog client: max pending and max batch must be positive")
+	case o.timeout <= 0 || o.asyncTimeout <= 0:
+		return errors.New("natlog client: the request and async timeouts must be positive")
+	case o.backoffMin <= 0 || o.backoffMax < o.backoffMin:
+		return fmt.Errorf("natlog client: backoff [%v, %v]: the minimum must be positive and not above the maximum", o.backoffMin, o.backoffMax)
+	case o.refresh <= 0:
+		return fmt.Errorf("natlog client: refresh interval %v must be positive", o.refresh)
+	case o.retryWindow <= 0:
+		return fmt.Errorf("natlog client: retry window %v must be positive", o.retryWindow)
+	}
+	return nil
 }
 
 // WithPrefix sets the nodes' subject prefix (--prefix; "natlog" by default).
@@ -62,14 +87,20 @@ func WithPrefix(p string) Option { return func(o *options) { o.prefix = p } }
 func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
 // WithBackoff sets the bounds of the exponential backoff between retries
-// (5 ms to 500 ms by default, with jitter).
+// (5 ms to 500 ms by default, with jitter). min must be positive and max
+// at least min.
 func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
 }
 
-// WithProducerID sets the first part of the Natlog-Msg-Id of every append
-// ("<producer id>-<sequence>"); a random id by default. Two clients must not
-// share one.
+// WithProducerID sets a readable prefix of the Natlog-Msg-Id of every
+// append: the ids are "<id>-<instance>-<sequence>", where instance is
+// random and new for every client (a NUID), so that a process restarted
+// with the same id within the nodes' dedup window does not send ids its
+// previous run used (the nodes would answer "duplicate" with the old
+// record's offset and drop the new one). Without it the ids are
+// "<instance>-<sequence>". To retry one append across processes, keep its
+// id and use WithMsgID.
 func WithProducerID(id string) Option { return func(o *options) { o.producerID = id } }
 
 // WithMaxPending bounds how many records AppendAsync holds, queued or in
@@ -85,8 +116,18 @@ func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
 func WithAsyncTimeout(d time.Duration) Option { return func(o *options) { o.asyncTimeout = d } }
 
 // WithRefreshInterval sets how often the client asks the cluster for its
-// membership and leader (2 s by default); it also asks after a failure.
+// membership and leader (2 s by default; it must be positive); it also
+// asks after a failure.
 func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
+
+// WithRetryWindow bounds how long a request with a Natlog-Msg-Id (an
+// append) is retried once an attempt may have been written, counted from
+// its first attempt (DefaultRetryWindow, 90 s, by default), whatever the
+// context's deadline: a retry after the nodes' dedup window (2 minutes by
+// default, --dedup-window) could write the record twice. Past it the call
+// fails with the indefinite error of its last attempt. Keep it below the
+// nodes' dedup window minus the request timeout.
+func WithRetryWindow(d time.Duration) Option { return func(o *options) { o.retryWindow = d } }
 
 // WithPreferredNode makes reads go to the node with this id while it is
 // a reachable member, leader or not (the sidecar next to the application,
@@ -182,6 +223,9 @@ func Dial(url string, opts ...Option) (*Client, error) {
 	for _, f := range opts {
 		f(&o)
 	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
 	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("natlog client")}, o.natsOpts...)...)
 	if err != nil {
 		return nil, err
@@ -203,13 +247,16 @@ func newClient(nc *nats.Conn, own bool, opts []Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.producerID == "" {
-		o.producerID = nuid.Next()
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
-	if o.maxPending < 1 || o.maxBatch < 1 || o.timeout <= 0 {
-		return nil, errors.New("natlog client: max pending, max batch and the request timeout must be positive")
+	// A fresh instance id even for a configured producer id: see
+	// WithProducerID.
+	pid := nuid.Next()
+	if o.producerID != "" {
+		pid = o.producerID + "-" + pid
 	}
-	c := &Client{nc: nc, ownConn: own, opts: o, subjects: subj, producer: o.producerID,
+	c := &Client{nc: nc, ownConn: own, opts: o, subjects: subj, producer: pid,
 		refreshC: make(chan struct{}, 1), window: make(chan struct{}, o.maxPending),
 		producers: map[string]*producer{}}
 	// Start the round-robin at a random place: many short-lived clients
@@ -431,19 +478,40 @@ func (c *Client) readNode(avoid string) string {
 
 // do sends the request build makes for each attempt until one succeeds,
 // the error is final, or ctx ends. Retries (no responders, not leader,
-// unavailable, and for retryable requests timeouts) wait a jittered
-// exponential backoff and refresh the view. retryTimeouts says a request
-// may be repeated after a timeout (reads; appends with a msg id). Each
-// attempt may take the request timeout plus extra (a long poll's wait).
+// unavailable, a NATS disconnect, and for retryable requests timeouts) wait
+// a jittered exponential backoff and refresh the view. retryTimeouts says a
+// request may be repeated after an attempt that may have taken effect
+// (reads; appends with a msg id). Each attempt may take the request timeout
+// plus extra (a long poll's wait).
+//
+// The error is indefinite if any attempt may have taken effect, whatever
+// the later ones ended with. A request with a Natlog-Msg-Id is not retried
+// after such an attempt once WithRetryWindow has passed since the first.
 func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, extra time.Duration, build func(attempt int) *nats.Msg) (*nats.Msg, error) {
 	if c.closed.Load() {
 		return nil, &Error{Op: op, Log: log, Err: ErrClosed}
 	}
 	backoff := c.opts.backoffMin
 	fellBack := false
+	// maybeWritten is sticky: a later attempt's definite failure ("no
+	// responders", "nothing was written") says nothing of an earlier
+	// attempt that may have been written.
+	maybeWritten := false
+	var first time.Time // when the first attempt was sent
+	fail := func(err error, attempts int) error {
+		return &Error{Op: op, Log: log, Err: err, Indefinite: maybeWritten, Attempts: attempts}
+	}
 	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, c.opts.timeout+extra)
+		if err := ctx.Err(); err != nil {
+			// Done before this attempt was sent: it reached no node.
+			return nil, fail(err, attempt-1)
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
 		req := build(attempt)
+		closedBefore := c.nc.IsClosed()
+		actx, cancel := context.WithTimeout(ctx, c.opts.timeout+extra)
 		m, err := c.request(actx, req)
 		cancel()
 		if err != nil && !fellBack && errors.Is(err, nats.ErrPermissionViolation) && c.isNodeRead(req.Subject) {
@@ -464,32 +532,39 @@ func (c *Client) do(ctx context.Context, op, log string, retryTimeouts bool, ext
 			}
 			err = perr
 		}
-		if ctx.Err() != nil {
-			// The caller's deadline: whatever the attempt ended
-			// with, it may have reached a node.
-			_, indefinite := outcome(err)
-			return nil, &Error{Op: op, Log: log, Err: err, Indefinite: indefinite || errors.Is(err, context.DeadlineExceeded), Attempts: attempt}
-		}
 		retry, indefinite := outcome(err)
+		if closedBefore && errors.Is(err, nats.ErrConnectionClosed) {
+			// nats.go refused to publish on a connection closed
+			// before the attempt: nothing was sent.
+			indefinite = false
+		}
+		maybeWritten = maybeWritten || indefinite
+		if ctx.Err() != nil {
+			return nil, fail(err, attempt)
+		}
 		if indefinite && !retryTimeouts {
 			retry = false
 		}
 		if !retry || c.closed.Load() {
-			return nil, &Error{Op: op, Log: log, Err: err, Indefinite: indefinite, Attempts: attempt}
+			return nil, fail(err, attempt)
+		}
+		wait := backoff/2 + time.Duration(jitter(int64(backoff/2+1)))
+		backoff = min(backoff*2, c.opts.backoffMax)
+		if maybeWritten && req.Header.Get(protocol.HeaderMsgID) != "" && time.Since(first)+wait >= c.opts.retryWindow {
+			// The nodes forget the id after their dedup window: a
+			// retry sent later could write the record twice.
+			return nil, fail(err, attempt)
 		}
 		c.opts.logger.Debug("natlog client: retry", "op", op, "log", log, "attempt", attempt, "err", err)
 		c.invalidate()
-		wait := backoff/2 + time.Duration(jitter(int64(backoff/2+1)))
-		backoff = min(backoff*2, c.opts.backoffMax)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			_, ind := outcome(err)
-			return nil, &Error{Op: op, Log: log, Err: err, Indefinite: ind, Attempts: attempt}
+			return nil, fail(err, attempt)
 		case <-c.ctx.Done():
 			t.Stop()
-			return nil, &Error{Op: op, Log: log, Err: ErrClosed, Indefinite: indefinite, Attempts: attempt}
+			return nil, fail(ErrClosed, attempt)
 		case <-t.C:
 		}
 	}

@@ -21,10 +21,12 @@
 // Retries. Every append carries a Natlog-Msg-Id ("<producer>-<sequence>"),
 // so the client retries appends after a timeout, "no responders" (an
 // election), or "not leader", with jittered exponential backoff, within
-// the context's deadline, and a retry is never written twice (within the
-// nodes' dedup window). When the context ends first, the *Error says
-// whether the outcome is definite (nothing written) or indefinite
-// (IsIndefinite: it may have been written; retry WithMsgID to be sure).
+// the context's deadline, and a retry is never written twice: once an
+// attempt may have been written, retries stop after WithRetryWindow (90 s
+// from the first attempt), inside the nodes' dedup window. When the call
+// fails, the *Error says whether the outcome is definite (nothing written)
+// or indefinite (IsIndefinite: some attempt may have been written; retry
+// WithMsgID to be sure).
 //
 // Batching. AppendAsync queues records and sends each log's queue as
 // batches, one request in flight per log, so that a busy producer pays one

@@ -31,9 +31,11 @@ var ErrClosed = errors.New("natlog client: closed")
 // ended with: the node's *protocol.Error, a NATS error (nats.ErrNoResponders
 // when no node answered), or the context's error.
 //
-// Indefinite says the outcome is unknown: the request may have taken effect
-// (an append that timed out may have been written). Otherwise the failure
-// is definite: nothing was written. Appends carry a Natlog-Msg-Id, so
+// Indefinite says the outcome is unknown: some attempt may have taken
+// effect (an append that timed out, or whose context ended or connection
+// closed after it was sent, may have been written), whatever the last
+// attempt ended with. Otherwise the failure is definite: nothing was
+// written. Appends carry a Natlog-Msg-Id, so
 // retrying an indefinite append within the node's dedup window (2 minutes
 // by default) with the same id (WithMsgID) never writes it twice.
 type Error struct {
@@ -100,6 +102,18 @@ func outcome(err error) (retry, indefinite bool) {
 		return true, false
 	case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return true, true
+	case errors.Is(err, context.Canceled):
+		// Cancelled while waiting for the reply: the request was
+		// sent (do checks the context before sending).
+		return false, true
+	case errors.Is(err, nats.ErrDisconnected):
+		// The connection dropped while waiting for the reply: the
+		// request may have reached a node; nats.go reconnects.
+		return true, true
+	case errors.Is(err, nats.ErrConnectionClosed):
+		// Closed while waiting for the reply (do makes it definite
+		// when the connection was closed before sending).
+		return false, true
 	case errors.Is(err, nats.ErrConnectionReconnecting):
 		return true, false
 	}

@@ -28,6 +28,11 @@ func TestOutcome(t *testing.T) {
 		{nats.ErrTimeout, true, true},
 		{context.DeadlineExceeded, true, true},
 		{fmt.Errorf("wrapped: %w", nats.ErrConnectionReconnecting), true, false},
+		// Context and connection errors once the request was sent (do
+		// handles the ones before sending).
+		{context.Canceled, false, true},
+		{nats.ErrDisconnected, true, true},
+		{nats.ErrConnectionClosed, false, true},
 	} {
 		retry, indefinite := outcome(tc.err)
 		if retry != tc.retry || indefinite != tc.indefinite {

@@ -29,24 +29,37 @@ func (c *Client) readMsg(log string, body []byte, hdr nats.Header, node *string)
 }
 
 // behind reports whether err is an offset-out-of-range or unknown-log
-// answer from a replica that is not the leader, which may only be behind.
+// answer that may come from a replica that is only behind (not from the
+// leader), and where to read again: from the leader by its own subject,
+// or, when the client cannot address the leader (reads on the shared
+// subject, no leader known), leader is "" and the read is to be repeated
+// linearizably.
 func (c *Client) behind(err error, node string) (leader string, ok bool) {
-	if !errors.Is(err, protocol.ErrOffsetOutOfRange) && !errors.Is(err, protocol.ErrUnknownLog) || node == "" {
+	if !errors.Is(err, protocol.ErrOffsetOutOfRange) && !errors.Is(err, protocol.ErrUnknownLog) {
 		return "", false
 	}
 	leader = c.Leader()
-	return leader, leader != "" && leader != node
+	switch {
+	case node != "" && node == leader:
+		return "", false // the leader's own answer
+	case leader == "" || node == "" || c.nodeReadsDenied.Load():
+		return "", true
+	}
+	return leader, true
 }
 
 // Read returns the record at offset of log, from a replica the client
 // chooses (see WithPreferredNode). A replica answers from what it has
-// applied; if it does not have the offset yet, the client asks the leader,
-// so a record whose append was acknowledged is always found.
+// applied; if it does not have the offset yet, the client asks the leader
+// (or, when it cannot address the leader, reads it again as a linearizable
+// batch read), so a record whose append was acknowledged is always found.
 func (c *Client) Read(ctx context.Context, log string, offset uint64) (Record, error) {
 	body := strconv.AppendUint(nil, offset, 10)
 	var node string
 	m, err := c.do(ctx, "read", log, true, 0, c.readMsg(log, body, nil, &node))
-	if leader, ok := c.behind(err, node); ok {
+	if leader, ok := c.behind(err, node); ok && leader == "" {
+		return c.readLinearizable(ctx, log, offset, err)
+	} else if ok {
 		m, err = c.do(ctx, "read", log, true, 0, func(int) *nats.Msg {
 			return &nats.Msg{Subject: c.nodeReadSubject(leader, log), Data: body}
 		})
@@ -67,6 +80,31 @@ func (c *Client) Read(ctx context.Context, log string, offset uint64) (Record, e
 		if err != nil {
 			return Record{}, &Error{Op: "read", Log: log, Err: fmt.Errorf("bad %s header: %w", k, err)}
 		}
+	}
+	return r, nil
+}
+
+// readLinearizable repeats a read that a replica answered with notFound (it
+// may only be behind) as a one-record linearizable batch read: any replica
+// answers it only once it has applied everything committed before the
+// read, so it finds a record whose append was acknowledged, and answers at
+// once for an offset that does not exist (a min_offset read would wait for
+// that offset, then fail "unavailable").
+func (c *Client) readLinearizable(ctx context.Context, log string, offset uint64, notFound error) (Record, error) {
+	b, err := c.Fetch(ctx, log, offset, FetchOptions{Max: 1, Linearizable: true})
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			e.Op = "read"
+		}
+		return Record{}, err
+	}
+	if len(b.Records) == 0 || b.Records[0].Offset != offset {
+		return Record{}, notFound // offset is the log's end
+	}
+	r := b.Records[0]
+	if r.Headers == nil {
+		r.Headers = nats.Header{}
 	}
 	return r, nil
 }
@@ -101,7 +139,9 @@ type Batch struct {
 }
 
 // Fetch reads records of log from offset, from a replica the client
-// chooses; a replica that does not have offset yet defers to the leader.
+// chooses; a replica that does not have offset yet defers to the leader
+// (or, when the client cannot address the leader, the read is repeated
+// linearizably).
 func (c *Client) Fetch(ctx context.Context, log string, offset uint64, fo FetchOptions) (Batch, error) {
 	req := protocol.ReadRequest{Offset: offset, Max: fo.Max, MaxBytes: fo.MaxBytes,
 		WaitMs: fo.Wait.Milliseconds(), MinOffset: fo.MinOffset, Linearizable: fo.Linearizable}
@@ -113,7 +153,11 @@ func (c *Client) Fetch(ctx context.Context, log string, offset uint64, fo FetchO
 	hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}
 	var node string
 	m, err := c.do(ctx, "fetch", log, true, fo.Wait, c.readMsg(log, body, hdr, &node))
-	if leader, ok := c.behind(err, node); ok {
+	if leader, ok := c.behind(err, node); ok && !req.Linearizable {
+		if leader == "" {
+			req.Linearizable = true
+			body = req.AppendMsgpack(nil)
+		}
 		m, err = c.do(ctx, "fetch", log, true, fo.Wait, func(int) *nats.Msg {
 			return &nats.Msg{Subject: c.nodeReadSubject(leader, log), Data: body, Header: hdr}
 		})
