@@ -254,3 +254,50 @@ func TestFileBudgetUnparkFailureIsDefinite(t *testing.T) {
 	a.Close()
 	c.Close()
 }
+
+// TestFileBudgetOpenWhileBusy: logs opened while others append under a
+// small budget (run with -race): the budget may park a log only once its
+// Open has finished setting it up.
+func TestFileBudgetOpenWhileBusy(t *testing.T) {
+	fsys := NewMemFS()
+	b := NewFileBudget(2)
+	busy := make([]*Log, 3)
+	for i := range busy {
+		busy[i] = openLog(t, fmt.Sprintf("busy%d", i), budgetConfig(SyncNeverUnsafe, fsys, b))
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, l := range busy {
+		wg.Go(func() {
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := l.Append(testRecord(k)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	var opened []*Log
+	for i := range 40 {
+		l := openLog(t, fmt.Sprintf("new%d", i), budgetConfig(SyncAlways, fsys, b))
+		appendN(t, l, 0, 2)
+		opened = append(opened, l)
+	}
+	close(stop)
+	wg.Wait()
+	for _, l := range append(opened, busy...) {
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range opened {
+		l := openLog(t, fmt.Sprintf("new%d", i), budgetConfig(SyncAlways, fsys, nil))
+		checkRecords(t, l, 0, 2)
+		l.Close()
+	}
+}

@@ -148,12 +148,14 @@ func Open(dir string, cfg Config) (*Log, error) {
 		}
 	}
 	l.active = active
-	l.track(active)
 	l.next = active.base + uint64(active.count)
 	l.visible.Store(l.next)
 	l.flushedNext.Store(l.next)
 	l.durable.Store(l.next)
 	l.lowest.Store(l.segs[0].base)
+	// Only now may the budget park the active segment: park reads the
+	// fields above (under l.mu, which Open does not take).
+	l.track(active)
 	l.startBackground()
 	return l, nil
 }
