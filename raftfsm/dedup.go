@@ -40,7 +40,7 @@ func (f *FSM) localDedup() dedupSettings {
 // logged and retried with the next command: it only narrows what a
 // restart rebuilds).
 func (f *FSM) commandDedup(cmd *Command) dedupSettings {
-	if cmd.DedupWindow <= 0 || cmd.DedupMax <= 0 {
+	if cmd.DedupWindow == 0 || cmd.DedupMax <= 0 {
 		return f.localDedup()
 	}
 	d := dedupSettings{Window: cmd.DedupWindow, Max: cmd.DedupMax}
@@ -72,7 +72,7 @@ func (f *FSM) loadDedup() error {
 		return fmt.Errorf("raftfsm: %w", err)
 	}
 	var d dedupSettings
-	if err := unmarshal(b, &d); err != nil || d.Window <= 0 || d.Max <= 0 {
+	if err := unmarshal(b, &d); err != nil || d.Window == 0 || d.Max <= 0 {
 		return fmt.Errorf("raftfsm: %s: bad dedup settings %q", f.path(dedupFile), b)
 	}
 	f.dedup, f.dedupSaved = d, d

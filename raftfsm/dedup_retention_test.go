@@ -3,6 +3,9 @@ package raftfsm
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/natlog/natlog/logcore"
 )
@@ -47,5 +50,36 @@ func TestDedupSurvivesRetentionAndRestart(t *testing.T) {
 	}
 	if restarted != kept || restartedNext != keptNext {
 		t.Fatalf("replicas diverge: kept running %+v (next %d), restarted %+v (next %d)", kept, keptNext, restarted, restartedNext)
+	}
+}
+
+// TestDedupOff: a negative window (--dedup-window 0) turns deduplication
+// off, configured on the node or carried by the leader's commands: a
+// retry with the same id is a new append.
+func TestDedupOff(t *testing.T) {
+	cases := []struct {
+		name       string
+		node, lead time.Duration
+	}{
+		{"node", -1, 0},
+		{"leader", 2 * time.Minute, -1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fsmConfig("/fsm", logcore.NewMemFS())
+			cfg.DedupWindow = tc.node
+			f := openFSM(t, cfg)
+			defer f.Close()
+			for i := range 2 {
+				op := appendOp("a", "v")
+				op.MsgID = "same"
+				b, err := EncodeCommand(&Command{Time: int64(i + 1), Ops: []Op{op}, DedupWindow: int64(tc.lead), DedupMax: 10})
+				must(t, err)
+				r := results(t, f.Apply(&raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: b}))[0]
+				if r.Err != nil || r.Duplicate || r.First != uint64(i) {
+					t.Fatalf("append %d with the id again: %+v, want a new record at %d", i, r, i)
+				}
+			}
+		})
 	}
 }

@@ -50,7 +50,8 @@ type FSMConfig struct {
 	// entry creates without settings of its own (version 1 entries always
 	// carry them). They are this node's: keep them alike on every node.
 	Defaults LogSettings
-	// DedupWindow is how long a Natlog-Msg-Id is remembered, measured by
+	// DedupWindow is how long a Natlog-Msg-Id is remembered (0: 2
+	// minutes; negative: not at all, deduplication off), measured by
 	// the leader's clock in the entries; DedupMax bounds the ids kept per
 	// log (oldest forgotten first). A leader puts its own values in each
 	// Command (see DedupConfig), and they decide; these apply only to
@@ -130,7 +131,7 @@ func OpenFSM(cfg FSMConfig) (*FSM, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.DedupWindow <= 0 {
+	if cfg.DedupWindow == 0 {
 		cfg.DedupWindow = 2 * time.Minute
 	}
 	if cfg.DedupMax <= 0 {

@@ -266,7 +266,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.finishRestore(); err != nil {
 		return broken(err)
 	}
-	if hdr.Dedup != nil && hdr.Dedup.Window > 0 && hdr.Dedup.Max > 0 {
+	if hdr.Dedup != nil && hdr.Dedup.Window != 0 && hdr.Dedup.Max > 0 {
 		f.noteDedup(*hdr.Dedup) // before openLogs rebuilds the tables
 	}
 	f.mu.Lock()

@@ -129,7 +129,7 @@ func openRaftState(cfg Config, logger *slog.Logger, hl hclog.Logger, onSync func
 			RetentionAge:      int64(cfg.Log.Retention.MaxAge),
 			RetentionSegments: cfg.Log.Retention.MaxSegments,
 		},
-		DedupWindow: cfg.DedupWindow,
+		DedupWindow: fsmDedupWindow(cfg.DedupWindow),
 		DedupMax:    cfg.DedupMax,
 		Logger:      logger,
 	}); err != nil {
@@ -901,4 +901,14 @@ func stateName(s raft.RaftState) string {
 		return "shutdown"
 	}
 	return s.String()
+}
+
+// fsmDedupWindow is the FSM's DedupWindow for --dedup-window: 0 there
+// disables deduplication, which the FSM says with a negative window (its
+// 0 takes the default).
+func fsmDedupWindow(w time.Duration) time.Duration {
+	if w == 0 {
+		return -1
+	}
+	return w
 }
