@@ -119,7 +119,6 @@ func (s *Server) start() (err error) {
 	if s.cfg.Log.Files == nil {
 		files := openFilesBudget(s.cfg.MaxOpenFiles)
 		s.cfg.Log.Files = logcore.NewFileBudget(files / 3)
-		s.logger.Debug("natlog: open files of the logs bounded", "max_files", files, "max_segments", files/3)
 	}
 	cfg = s.cfg
 	s.metrics = newMetrics(cfg.DataDir)
@@ -174,7 +173,7 @@ func (s *Server) start() (err error) {
 	}
 	s.ready.Store(true)
 	s.logger.Info("natlog: serving", "nats", s.natsURL, "http", s.httpURL, "prefix", s.subjects.Prefix(),
-		"data_dir", cfg.DataDir, "sync", cfg.Log.Sync.String())
+		"data_dir", cfg.DataDir, "sync", cfg.Log.Sync.String(), "max_open_segments", cfg.Log.Files.Max())
 	return nil
 }
 
