@@ -183,3 +183,9 @@ func (c *Config) fillDefaults() {
 		c.Now = time.Now
 	}
 }
+
+// MaxSegmentRecords returns how many records one segment holds at most: its
+// index's capacity. A batch fits in a segment, and so stays whole across a
+// crash, if it takes no more records than this and no more bytes than
+// MaxSegmentBytes.
+func (c Config) MaxSegmentRecords() int { return int(c.MaxIndexBytes / indexEntryWidth) }

@@ -101,8 +101,11 @@ func (s *Server) writeRound(e *logEntry, round []*pendingAppend) (firsts []uint6
 		total += len(p.recs)
 	}
 	recs := make([]logcore.Record, 0, total)
+	// logcore keeps a batch whole across a crash if it fits in one
+	// segment: in bytes, and in records (the index's capacity).
+	maxRecs := e.cfg.MaxSegmentRecords()
 	for i := 0; i < len(round); {
-		// A chunk of whole requests whose frames fit in a segment.
+		// A chunk of whole requests that fits in a segment.
 		j, size := i, int64(0)
 		recs = recs[:0]
 		for j < len(round) {
@@ -110,7 +113,7 @@ func (s *Server) writeRound(e *logEntry, round []*pendingAppend) (firsts []uint6
 			for k := range round[j].recs {
 				n += int64(logcore.FrameSize(&round[j].recs[k]))
 			}
-			if j > i && size+n > e.cfg.MaxSegmentBytes {
+			if j > i && (size+n > e.cfg.MaxSegmentBytes || len(recs)+len(round[j].recs) > maxRecs) {
 				break
 			}
 			size += n

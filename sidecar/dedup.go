@@ -67,6 +67,7 @@ func (d *dedup) claim(id string) (e *dedupEntry, owner bool) {
 	e = &dedupEntry{at: now, done: make(chan struct{})}
 	d.ids[id] = e
 	d.fifo = append(d.fifo, fifoItem{id, e})
+	d.expire(now) // the bound holds with it
 	return e, true
 }
 
@@ -100,14 +101,17 @@ func (d *dedup) finish(id string, e *dedupEntry, first uint64, count int, err er
 	close(e.done)
 }
 
-// expire forgets ids older than the window and the oldest beyond max. An
-// append still in flight is never forgotten (it is recent anyway).
+// expire forgets ids older than the window and the oldest beyond max, and
+// the claims of failed appends that lead the queue whatever their age (a
+// stream of refused appends with fresh ids would otherwise hold memory for
+// a whole window; the bound counts them too). An append still in flight is
+// never forgotten (it is recent anyway).
 func (d *dedup) expire(now int64) {
 	cutoff := now - int64(d.window)
 	i := 0
 	for ; i < len(d.fifo); i++ {
 		it := d.fifo[i]
-		if it.e.at >= cutoff && len(d.ids) <= d.max {
+		if !it.e.failed && it.e.at >= cutoff && len(d.fifo)-i <= d.max {
 			break
 		}
 		if it.e.done != nil && !isClosed(it.e.done) {

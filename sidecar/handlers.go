@@ -46,7 +46,13 @@ func (s *Server) handleAppend(c *call) {
 	} else {
 		c.one[0] = logcore.Record{Value: c.req.Data(), Headers: fromHeaders(h, "")}
 		recs = c.one[:]
-		if perr := s.checkRecord(&recs[0]); perr != nil {
+		// nats.go takes header keys it cannot send (a raw HPUB):
+		// refused, or the record could never be read alone.
+		perr := checkHeaders(recs[0].Headers)
+		if perr == nil {
+			perr = s.checkRecord(&recs[0])
+		}
+		if perr != nil {
 			c.fail(perr)
 			return
 		}
@@ -120,6 +126,11 @@ func parseAppendHeaders(h nats.Header) (appendOpts, *protocol.Error) {
 	}
 	if v, ok := h[protocol.HeaderMsgID]; ok {
 		o.msgID = first(v)
+		if len(v) != 1 {
+			// Deduplicated by one, stored with all: which one a
+			// restart would load is another matter.
+			return o, protocol.Errorf(protocol.ErrBadRequest, "%d %s headers: want one", len(v), protocol.HeaderMsgID)
+		}
 		if o.msgID == "" || len(o.msgID) > maxMsgIDLen {
 			return o, protocol.Errorf(protocol.ErrBadRequest, "bad %s header: want 1 to %d bytes", protocol.HeaderMsgID, maxMsgIDLen)
 		}
@@ -137,19 +148,19 @@ func first(v []string) string {
 // batchRecords decodes a batch append body into records. The request's
 // Natlog-Msg-Id, if any, is stored on the batch's first record, with
 // Natlog-Msg-Count (the batch's length) if it has more than one, so that
-// deduplication survives a restart; it replaces any the records carry.
+// deduplication survives a restart; any the records carry are dropped.
 func (s *Server) batchRecords(body []byte, msgID string) ([]logcore.Record, *protocol.Error) {
 	req, err := protocol.DecodeAppendBatch(body)
 	if err != nil {
 		return nil, protocol.AsError(err)
 	}
 	recs := make([]logcore.Record, len(req.Records))
-	skip := ""
-	if msgID != "" {
-		skip = protocol.HeaderMsgID
-	}
 	for i, r := range req.Records {
-		recs[i] = logcore.Record{Value: r.Value, Headers: fromHeaders(r.Headers, skip)}
+		// A record's own Natlog-Msg-Id is dropped, whether the
+		// request has one or not: stored, it would become a dedup id
+		// when the log's ids are loaded from its records, and a later
+		// append with that id would be taken for a duplicate.
+		recs[i] = logcore.Record{Value: r.Value, Headers: fromHeaders(r.Headers, protocol.HeaderMsgID)}
 		if msgID != "" && i == 0 {
 			recs[i].Headers = append(recs[i].Headers, logcore.Header{Key: protocol.HeaderMsgID, Value: msgID})
 			if len(req.Records) > 1 {
@@ -227,10 +238,22 @@ func (s *Server) handleRead(c *call) {
 			return
 		}
 		if asJSON {
-			b, err := json.Marshal(&rep)
-			if err != nil {
-				c.fail(protocol.Errorf(protocol.ErrInternal, "encoding reply: %v", err))
-				return
+			// The batch was sized for msgpack; in JSON values are
+			// base64 (a third larger) and text may be escaped. Fewer
+			// records go until the reply fits; Next says where the
+			// reader goes on.
+			var b []byte
+			for {
+				var err error
+				if b, err = json.Marshal(&rep); err != nil {
+					c.fail(protocol.Errorf(protocol.ErrInternal, "encoding reply: %v", err))
+					return
+				}
+				if len(b) <= s.replyBudget() || len(rep.Records) <= 1 {
+					break
+				}
+				rep.Records = rep.Records[:len(rep.Records)*3/4]
+				rep.Next = rep.Records[len(rep.Records)-1].Offset + 1
 			}
 			s.reads.Add(1)
 			c.reply(b, nats.Header{protocol.HeaderContentType: {protocol.ContentTypeJSON}})

@@ -144,7 +144,10 @@ func (s *Server) httpAppendErr(w http.ResponseWriter, r *http.Request) *protocol
 		} else {
 			rec.Value = b.Value
 		}
-		rec.Headers = fromHeaders(b.Headers, "")
+		// The node stores a Natlog-Msg-Id only as the request's
+		// (below): one among the body's headers would become a dedup
+		// id when the log's ids are loaded from its records.
+		rec.Headers = fromHeaders(b.Headers, protocol.HeaderMsgID)
 		if perr := checkHeaders(rec.Headers); perr != nil {
 			return perr
 		}

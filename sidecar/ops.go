@@ -39,6 +39,13 @@ func (s *Server) appendRecords(name string, recs []logcore.Record, o appendOpts)
 	if s.cluster != nil {
 		return s.cluster.append(name, recs, o)
 	}
+	if o.hasExpected && o.expected != 0 {
+		// Refused without creating the log as a side effect.
+		if _, ok := s.logs.get(name); !ok {
+			return appendResult{}, protocol.Errorf(protocol.ErrExpectedOffset,
+				"expected offset %d but log %q does not exist (its first append gets offset 0)", o.expected, name)
+		}
+	}
 	e, err := s.logs.getOrCreate(name)
 	if err != nil {
 		return appendResult{}, protocol.AsError(err)

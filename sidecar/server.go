@@ -152,6 +152,10 @@ func (s *Server) start() (err error) {
 	s.maxRecord = cfg.MaxRecordBytes
 	if s.maxRecord == 0 {
 		s.maxRecord = s.maxPayload - ReplyHeadroom
+	} else if s.maxRecord > s.maxPayload-ReplyHeadroom {
+		// Such a record could be appended (over HTTP, say) but never
+		// read back through NATS.
+		return fmt.Errorf("max record bytes %d exceeds what NATS carries in a read reply: max payload %d less %d", s.maxRecord, s.maxPayload, ReplyHeadroom)
 	}
 	if cfg.Cluster.Enabled() {
 		if err := s.startCluster(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -262,10 +263,16 @@ func (c *call) fail(err error) {
 	if reply == "" {
 		return
 	}
+	// The body says what the header says: a description that quotes a
+	// huge request (an unknown field's name, say) would make a reply over
+	// the max payload, which NATS refuses, and the client would wait in
+	// vain.
 	desc := headerSafe(e.Description)
-	ct, body := protocol.ContentTypeJSON, e.AppendJSON(nil)
+	short := *e
+	short.Description = desc
+	ct, body := protocol.ContentTypeJSON, short.AppendJSON(nil)
 	if c.msgpackErr {
-		ct, body = protocol.ContentTypeMsgpack, e.AppendMsgpack(nil)
+		ct, body = protocol.ContentTypeMsgpack, short.AppendMsgpack(nil)
 	}
 	code := strconv.Itoa(e.Code)
 	hdr := nats.Header{
@@ -290,7 +297,11 @@ func (c *call) fail(err error) {
 // headerSafe makes s usable as a NATS header value: one line, bounded.
 func headerSafe(s string) string {
 	if len(s) > 1024 {
-		s = s[:1024] + "..."
+		n := 1024
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n-- // not inside a character
+		}
+		s = s[:n] + "..."
 	}
 	if strings.ContainsAny(s, "\r\n") {
 		s = strings.NewReplacer("\r", " ", "\n", " ").Replace(s)

@@ -232,8 +232,12 @@ func (r *AppendBatchRequest) AppendMsgpack(b []byte) []byte {
 	return b
 }
 
+// MaxBatchRecords bounds the records of one batch append.
+const MaxBatchRecords = 100_000
+
 // DecodeAppendBatch decodes a msgpack AppendBatchRequest. The values alias
-// body. Errors are ErrMalformedBody; a batch of no records is one.
+// body. Errors are ErrMalformedBody (a batch of no records is one), or
+// ErrPayloadTooLarge for more than MaxBatchRecords records.
 func DecodeAppendBatch(body []byte) (AppendBatchRequest, error) {
 	var req AppendBatchRequest
 	r := reader{b: body}
@@ -253,8 +257,14 @@ func DecodeAppendBatch(body []byte) (AppendBatchRequest, error) {
 		if err != nil {
 			return req, malformed("batch records", err)
 		}
-		req.Records = make([]AppendRecord, m)
+		if m > MaxBatchRecords {
+			return AppendBatchRequest{}, Errorf(ErrPayloadTooLarge, "batch of %d records: at most %d in one append", m, MaxBatchRecords)
+		}
+		// Grown as records decode, not sized by the declared count: a
+		// body of empty maps would otherwise cost ~50 times its size.
+		req.Records = make([]AppendRecord, 0, min(m, 1024))
 		for i := range m {
+			req.Records = append(req.Records, AppendRecord{})
 			if err := decodeAppendRecord(&r, &req.Records[i]); err != nil {
 				return AppendBatchRequest{}, malformed(fmt.Sprintf("batch record %d", i), err)
 			}

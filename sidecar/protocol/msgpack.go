@@ -434,7 +434,7 @@ func (r *reader) headers() (map[string][]string, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	h := make(map[string][]string, n)
+	h := make(map[string][]string, min(n, 16))
 	for range n {
 		k, err := r.str()
 		if err != nil {
@@ -455,7 +455,7 @@ func (r *reader) headers() (map[string][]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("header %q: %w", k, err)
 		}
-		vs := make([]string, 0, m)
+		vs := make([]string, 0, min(m, 16))
 		for range m {
 			v, err := r.str()
 			if err != nil {
