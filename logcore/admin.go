@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -363,15 +364,19 @@ func (l *Log) ApplyRetention() error {
 		act := l.active
 		newest, empty := act.tt.max, act.count == 0
 		l.mu.Unlock()
-		if act != segs[sealed] {
-			return nil // rolled since: the next round looks again
-		}
-		if empty && sealed > 0 {
-			mt, err := l.sealedMaxTime(segs[sealed-1])
-			if err != nil {
-				return err
+		if empty {
+			// The newest record is in the segment before the active
+			// one (rolls since segs was taken only make it newer).
+			l.segsMu.RLock()
+			cur := l.segs
+			l.segsMu.RUnlock()
+			if i := slices.Index(cur, act); i > 0 {
+				mt, err := l.sealedMaxTime(cur[i-1])
+				if err != nil {
+					return err
+				}
+				newest = mt
 			}
-			newest = mt
 		}
 		floor := int64(math.MinInt64)
 		if newest >= math.MinInt64+int64(r.KeepWithin) {

@@ -340,10 +340,15 @@ func (l *Log) syncRound(gen uint64) error {
 	}
 	s, target := l.active, l.next
 	// Sync without the writer lock, so appends go on into the buffer
-	// meanwhile. Only Close and TruncateFrom close the active segment,
-	// and both hold syncMu.
+	// meanwhile, but with the segment's files held (fmu shared): an
+	// append may roll meanwhile, and then the cache or the file budget
+	// may close the sealed segment's files (they only try fmu). Close,
+	// TruncateFrom and park, which close the active segment, hold syncMu.
+	s.fmu.RLock()
 	l.mu.Unlock()
-	if err := l.syncFile(s.store); err != nil {
+	err := l.syncFile(s.store)
+	s.fmu.RUnlock()
+	if err != nil {
 		l.mu.Lock()
 		err = l.failLocked(fmt.Errorf("fsync %s: %w", s.path(storeExt), err))
 		l.mu.Unlock()

@@ -76,7 +76,7 @@ func (b *FileBudget) remove(s *segment) {
 
 // shrinkAttempts bounds the segments shrink tries per call: when they are
 // all busy, the budget is exceeded until a later open tries again.
-const shrinkAttempts = 8
+const shrinkAttempts = 16
 
 // shrink closes the files of the least recently used segments other than
 // keep until the budget holds, skipping those in use.
@@ -102,6 +102,11 @@ func (b *FileBudget) shrink(keep *segment) {
 		tried[victim] = true
 		if vl.release(victim) {
 			b.evictions.Add(1)
+		} else {
+			// In use, or never closable (a failed log's active
+			// segment): to the back of the line, so that the next
+			// shrinks try others instead of the same few.
+			victim.lastUsed.Store(b.clock.Add(1))
 		}
 	}
 }

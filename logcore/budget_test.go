@@ -1,13 +1,19 @@
 package logcore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // budgetConfig is testConfig sharing fs and budget.
@@ -299,5 +305,252 @@ func TestFileBudgetOpenWhileBusy(t *testing.T) {
 		l := openLog(t, fmt.Sprintf("new%d", i), budgetConfig(SyncAlways, fsys, nil))
 		checkRecords(t, l, 0, 2)
 		l.Close()
+	}
+}
+
+// gateFS blocks the first Sync of a file whose name contains match until
+// release is closed; entered is closed when it blocks.
+type gateFS struct {
+	FS
+	match   string
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+type gateFile struct {
+	File
+	g    *gateFS
+	name string
+}
+
+func (g *gateFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	f, err := g.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &gateFile{File: f, g: g, name: name}, nil
+}
+
+func (f *gateFile) Sync() error {
+	if strings.Contains(f.name, f.g.match) && f.g.armed.CompareAndSwap(true, false) {
+		close(f.g.entered)
+		<-f.g.release
+	}
+	return f.File.Sync()
+}
+
+// TestFileBudgetSyncRoundKeepsItsFile: a group commit round fsyncs the
+// active store without the writer lock; an append may roll meanwhile, and
+// the budget then closed the sealed segment's files under the fsync: the
+// log failed though its records were durable.
+func TestFileBudgetSyncRoundKeepsItsFile(t *testing.T) {
+	mem := NewMemFS()
+	g := &gateFS{FS: mem, match: "a/" + segmentName(0) + storeExt, entered: make(chan struct{}), release: make(chan struct{})}
+	b := NewFileBudget(1)
+	cfg := budgetConfig(SyncAlways, g, b)
+	cfg.PrewriteBytes = 0
+	a := openLog(t, "a", cfg)
+	big := Record{Value: bytes.Repeat([]byte("x"), 600)}
+	g.armed.Store(true)
+	errc := make(chan error, 2)
+	go func() { _, err := a.Append(big); errc <- err }()
+	<-g.entered                                          // G1's round is about to fsync segment 0's store, mu released
+	go func() { _, err := a.Append(big); errc <- err }() // rolls: seals segment 0
+	// The roll seals segment 0 and puts it in the cache (Rolls counts
+	// it after that) while the first round still fsyncs it.
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Stats().Rolls == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second append did not roll")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Another log opening a segment now makes the budget close the
+	// least recently used one: segment 0, unless the round holds it.
+	c := openLog(t, "c", budgetConfig(SyncAlways, mem, b))
+	close(g.release)
+	e1, e2 := <-errc, <-errc
+	if e1 != nil || e2 != nil {
+		t.Errorf("acknowledged-durable append failed: %v / %v", e1, e2)
+	}
+	if _, err := a.Append(big); err != nil {
+		t.Errorf("log left failed: %v", err)
+	}
+	a.Close()
+	c.Close()
+}
+
+// TestFileBudgetStuckSegmentsDoNotDisableIt: segments that can never be
+// closed (failed logs' active segments here; also logs whose time entries
+// wait for room on a full disk) kept the oldest ticks, and once there were
+// as many as a shrink tries, the budget was never enforced again.
+func TestFileBudgetStuckSegmentsDoNotDisableIt(t *testing.T) {
+	mem := NewMemFS()
+	ff := NewFaultFS(mem)
+	b := NewFileBudget(4)
+	var failing atomic.Bool
+	ff.SetHook(func(op Op, name string) Fault {
+		if failing.Load() && op == OpSync && strings.HasPrefix(name, "bad") {
+			return Fault{Err: fmt.Errorf("EIO")}
+		}
+		return Fault{}
+	})
+	var all []*Log
+	failing.Store(true)
+	for i := range 8 {
+		l := openLog(t, fmt.Sprintf("bad%d", i), budgetConfig(SyncAlways, ff, b))
+		if _, err := l.Append(testRecord(0)); !errors.Is(err, ErrFailed) {
+			t.Fatalf("want failed, got %v", err)
+		}
+		all = append(all, l)
+	}
+	for i := range 40 {
+		l := openLog(t, fmt.Sprintf("good%d", i), budgetConfig(SyncAlways, ff, b))
+		appendN(t, l, 0, 2)
+		all = append(all, l)
+	}
+	// The 8 failed logs stay open (soft bound); the healthy ones keep
+	// within the rest.
+	if b.OpenSegments() > 8+b.Max() {
+		t.Errorf("budget not enforced: %d open segments, max %d", b.OpenSegments(), b.Max())
+	}
+	for _, l := range all {
+		l.Close()
+	}
+}
+
+// TestFileBudgetCrashUnderLoad: many SyncAlways logs under a tiny budget,
+// appends and reads from many goroutines, and a crash after a number of
+// operations: every acknowledged record is there after recovery.
+func TestFileBudgetCrashUnderLoad(t *testing.T) {
+	for seed := range 10 {
+		mem := NewMemFS()
+		b := NewFileBudget(2)
+		const nLogs = 6
+		logs := make([]*Log, nLogs)
+		for i := range logs {
+			cfg := budgetConfig(SyncAlways, mem, b)
+			cfg.MaxSegmentBytes = 600
+			logs[i] = openLog(t, fmt.Sprintf("s%d/log%d", seed, i), cfg)
+		}
+		var mu sync.Mutex
+		acked := make([]map[uint64]string, nLogs)
+		for i := range acked {
+			acked[i] = map[uint64]string{}
+		}
+		var ops atomic.Int64
+		crashAt := int64(200 + 50*seed)
+		crashed := make(chan struct{})
+		var snap []map[uint64]string
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for k := 0; ; k++ {
+					select {
+					case <-crashed:
+						return
+					default:
+					}
+					if ops.Add(1) == crashAt {
+						// Crash with the acknowledged set as of now.
+						mu.Lock()
+						mem.Crash(CrashOptions{Seed: int64(seed)})
+						snap = make([]map[uint64]string, nLogs)
+						for i := range acked {
+							snap[i] = maps.Clone(acked[i])
+						}
+						mu.Unlock()
+						close(crashed)
+						return
+					}
+					i := (w + k) % nLogs
+					l := logs[i]
+					if k%3 == 2 {
+						if n := l.NextOffset(); n > 0 {
+							l.Read(n - 1)
+						}
+						continue
+					}
+					v := fmt.Sprintf("w%d-%d", w, k)
+					mu.Lock() // an append acknowledged before the crash is in snap
+					select {
+					case <-crashed:
+						mu.Unlock()
+						return
+					default:
+					}
+					mu.Unlock()
+					off, err := l.Append(Record{Value: []byte(v)})
+					if err == nil {
+						mu.Lock()
+						select {
+						case <-crashed: // acknowledged after the crash: not counted
+						default:
+							acked[i][off] = v
+						}
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for i := range logs {
+			l, err := Open(fmt.Sprintf("s%d/log%d", seed, i), budgetConfig(SyncAlways, mem, nil))
+			if err != nil {
+				t.Fatalf("seed %d: reopen log %d: %v", seed, i, err)
+			}
+			for off, v := range snap[i] {
+				r, err := l.Read(off)
+				if err != nil || string(r.Value) != v {
+					t.Fatalf("seed %d log %d offset %d = %q, %v; want %q", seed, i, off, r.Value, err, v)
+				}
+			}
+			l.Close()
+		}
+	}
+}
+
+// TestFileBudgetGroupCommitWhileRolling: appenders share fsync rounds on a
+// log that rolls every few records while other logs churn a budget of two
+// segments (run with -race): no append fails.
+func TestFileBudgetGroupCommitWhileRolling(t *testing.T) {
+	mem := NewMemFS()
+	b := NewFileBudget(2)
+	cfg := budgetConfig(SyncAlways, mem, b)
+	cfg.MaxSegmentBytes = 300
+	cfg.PrewriteBytes = 0
+	a := openLog(t, "a", cfg)
+	others := []*Log{openLog(t, "b", cfg), openLog(t, "c", cfg), openLog(t, "d", cfg)}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for k := range 300 {
+				if _, err := a.Append(Record{Value: fmt.Appendf(nil, "w%d-%d", w, k)}); err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+			}
+		})
+	}
+	for _, o := range others {
+		wg.Go(func() {
+			for range 300 {
+				if _, err := o.Append(Record{Value: []byte("x")}); err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+				if n := o.NextOffset(); n > 0 {
+					if _, err := o.Read(n / 2); err != nil {
+						t.Errorf("read: %v", err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if a.Stats().Rolls == 0 || b.Evictions() == 0 {
+		t.Fatalf("rolls %d, evictions %d: the test did not exercise the budget", a.Stats().Rolls, b.Evictions())
 	}
 }

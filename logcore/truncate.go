@@ -108,6 +108,7 @@ func (l *Log) TruncateFrom(off uint64) error {
 	l.stats.recoveries.Store(recovered) // a truncation is not a crash recovery
 	l.track(ns)
 	if uint64(ns.count) != uint64(rel) {
+		ns.closeFiles() // never installed: not left open (nor counted)
 		return l.failLocked(corruptf("segment %d holds %d records after truncation, want %d", s.base, ns.count, rel))
 	}
 	l.segsMu.Lock()
