@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -238,4 +239,158 @@ func NewNATSTransport(nc *nats.Conn, cfg TransportConfig) (*raft.NetworkTranspor
 // discardLogger is the logger of a transport configured without one.
 func discardLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "raft-nats", Output: io.Discard, Level: hclog.Off})
+}
+
+// VoteRule says whether this node may take part in an election called by
+// candidate (a RequestVote, or with preVote a RequestPreVote). It is
+// called on the transport's goroutine, once per vote request, and must not
+// block.
+type VoteRule func(candidate raft.ServerID, preVote bool) bool
+
+// NewVoteGate returns a transport that behaves as inner, except that vote
+// requests the rule refuses never reach Raft: the gate answers them itself,
+// not granted, in the candidate's term (so the candidate neither counts the
+// vote nor steps down). Raft's own checks still decide every vote the rule
+// lets through.
+//
+// Why: Raft's safety rests on a voter remembering what it acknowledged and
+// whom it voted for. A node whose Raft state was wiped has forgotten both,
+// and would grant its vote to a candidate that lacks entries the node
+// once helped commit. The rule keeps such a node out of elections until it
+// holds the log again.
+//
+// Everything else (AppendEntries, its pipeline, heartbeats, snapshots,
+// TimeoutNow) goes to inner unchanged. The gate supports pre-vote exactly
+// when inner does (hashicorp/raft asks the transport for raft.WithPreVote),
+// and raft.WithPeers when inner does. Close stops the gate's goroutine and
+// closes inner if it is a raft.WithClose; raft.Raft's Shutdown calls it.
+func NewVoteGate(inner raft.Transport, rule VoteRule) GatedTransport {
+	g := &voteGate{Transport: inner, rule: rule, out: make(chan raft.RPC), closed: make(chan struct{}), done: make(chan struct{})}
+	go g.forward()
+	if _, ok := inner.(raft.WithPreVote); ok {
+		return &voteGatePreVote{g}
+	}
+	return g
+}
+
+// GatedTransport is what NewVoteGate returns: a raft.Transport that can be
+// closed (and a raft.WithPreVote when its inner transport is one).
+type GatedTransport interface {
+	raft.Transport
+	raft.WithClose
+}
+
+// voteGate is NewVoteGate's transport without pre-vote support.
+type voteGate struct {
+	raft.Transport
+	rule      VoteRule
+	out       chan raft.RPC // what Raft consumes
+	closeOnce sync.Once
+	closed    chan struct{} // closed by Close
+	done      chan struct{} // closed when forward returns
+}
+
+// voteGatePreVote is a voteGate over a transport that supports pre-vote.
+type voteGatePreVote struct{ *voteGate }
+
+var (
+	_ raft.WithClose   = (*voteGate)(nil)
+	_ raft.WithPeers   = (*voteGate)(nil)
+	_ raft.WithPreVote = (*voteGatePreVote)(nil)
+)
+
+// Consumer returns the RPCs the rule let through.
+func (g *voteGate) Consumer() <-chan raft.RPC { return g.out }
+
+// forward passes inner's RPCs on to Raft, answering refused vote requests
+// itself, until Close.
+func (g *voteGate) forward() {
+	defer close(g.done)
+	in := g.Transport.Consumer()
+	for {
+		var rpc raft.RPC
+		select {
+		case rpc = <-in:
+		case <-g.closed:
+			return
+		}
+		if g.refuse(rpc) {
+			continue
+		}
+		select {
+		case g.out <- rpc:
+		case <-g.closed:
+			rpc.Respond(nil, raft.ErrTransportShutdown)
+			return
+		}
+	}
+}
+
+// refuse answers rpc, not granted, if it is a vote request the rule
+// refuses, and reports whether it did.
+func (g *voteGate) refuse(rpc raft.RPC) bool {
+	local := g.Transport.LocalAddr()
+	header := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, Addr: g.Transport.EncodePeer(raft.ServerID(local), local)}
+	switch req := rpc.Command.(type) {
+	case *raft.RequestVoteRequest:
+		if g.rule(candidateID(req.RPCHeader, req.Candidate), false) {
+			return false
+		}
+		rpc.Respond(&raft.RequestVoteResponse{RPCHeader: header, Term: req.Term, Granted: false}, nil)
+		return true
+	case *raft.RequestPreVoteRequest:
+		if g.rule(raft.ServerID(req.ID), true) {
+			return false
+		}
+		rpc.Respond(&raft.RequestPreVoteResponse{RPCHeader: header, Term: req.Term, Granted: false}, nil)
+		return true
+	}
+	return false
+}
+
+// candidateID is the id of a vote request's candidate: its header's, or,
+// from an old Raft that sends none, its address (natlog's addresses are
+// its ids).
+func candidateID(h raft.RPCHeader, candidate []byte) raft.ServerID {
+	if len(h.ID) > 0 {
+		return raft.ServerID(h.ID)
+	}
+	return raft.ServerID(candidate)
+}
+
+// RequestPreVote sends a pre-vote request through the inner transport.
+func (g *voteGatePreVote) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return g.Transport.(raft.WithPreVote).RequestPreVote(id, target, args, resp)
+}
+
+// Close stops the gate and closes the inner transport (if it can be
+// closed). Idempotent.
+func (g *voteGate) Close() error {
+	g.closeOnce.Do(func() { close(g.closed) })
+	<-g.done
+	if c, ok := g.Transport.(raft.WithClose); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// Connect, Disconnect and DisconnectAll pass on to the inner transport if
+// it is a raft.WithPeers (a loopback transport in tests), and do nothing
+// otherwise.
+func (g *voteGate) Connect(peer raft.ServerAddress, t raft.Transport) {
+	if p, ok := g.Transport.(raft.WithPeers); ok {
+		p.Connect(peer, t)
+	}
+}
+
+func (g *voteGate) Disconnect(peer raft.ServerAddress) {
+	if p, ok := g.Transport.(raft.WithPeers); ok {
+		p.Disconnect(peer)
+	}
+}
+
+func (g *voteGate) DisconnectAll() {
+	if p, ok := g.Transport.(raft.WithPeers); ok {
+		p.DisconnectAll()
+	}
 }

@@ -67,11 +67,39 @@ type clusterNode struct {
 
 	applier applier
 
-	mu         sync.Mutex // guards seen, newest, leaderSubs, leaving
+	mu         sync.Mutex // guards seen, newest, leaderSubs, leaving, leaderSince and the bootstrap fields
 	seen       map[string]announcement
 	newest     map[string]int64     // node id -> latest Started announced
 	leaderSubs []*nats.Subscription // the leader-only endpoints, while leading
 	leaving    bool                 // stop announcing: a graceful leave
+	// leaderSince is when this node last took up the leadership: a
+	// member is unheard of (removeDead) only from then on.
+	leaderSince time.Time
+
+	// Election safety of a node that starts without Raft state (see
+	// voteRule). startedEmpty is set before Raft starts. While this node
+	// has no Raft state and has heard no node with state (sawState),
+	// everFresh collects the nodes it heard announce none; once they are
+	// --bootstrap-expect many, the lowest of them is the bootstrapper it
+	// may vote for (latched).
+	startedEmpty bool
+	everFresh    map[string]bool
+	sawState     bool
+	bootstrapper string
+	// stateSeen latches hasRaftState; promoted: this node, started
+	// empty, has seen itself a non-voter and then a voter again (the
+	// leader promoted it once it had caught up). sawNonvoter is owned by
+	// run.
+	stateSeen   atomic.Bool
+	promoted    atomic.Bool
+	sawNonvoter bool
+	// promoteAt (owned by run: reconcile) is, per non-voter, the commit
+	// index it must have applied before the leader promotes it;
+	// demoteAsked, per voter announcing itself a learner, when the leader
+	// first saw it (it is demoted once the other voters have announced
+	// themselves since).
+	promoteAt   map[string]uint64
+	demoteAsked map[string]time.Time
 
 	started time.Time     // when the node started hearing announcements
 	running bool          // run was started (set before, read after)
@@ -93,6 +121,11 @@ type announcement struct {
 	// processes with one node id (a restart while the old one still
 	// leaves), the later one is the member.
 	Started int64 `json:"started,omitempty"`
+	// Learner: its process started without Raft state (a new node, or a
+	// wiped one with its old id) and joined a running cluster; it takes
+	// no part in elections until the leader has made it a non-voter and
+	// promoted it once caught up (a leader demotes a voter that says so).
+	Learner bool `json:"learner,omitempty"`
 	at      time.Time
 }
 
@@ -179,7 +212,8 @@ func (st *raftState) close() error {
 func (s *Server) startCluster() (err error) {
 	cfg := s.cfg.Cluster
 	n := &clusterNode{s: s, cfg: cfg, id: s.nodeID, seen: map[string]announcement{}, newest: map[string]int64{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		everFresh: map[string]bool{}, promoteAt: map[string]uint64{},
+		demoteAsked: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
 	n.applier.n = n
 	n.metrics = s.metrics.registerCluster(n)
 	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
@@ -229,14 +263,17 @@ func (s *Server) startCluster() (err error) {
 	if err := n.restoreIfBehind(snaps); err != nil {
 		return err
 	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, n.trans); err != nil {
+	n.startedEmpty = !n.hasRaftState()
+	gate := raftfsm.NewVoteGate(n.trans, n.voteRule)
+	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, gate); err != nil {
+		gate.Close() // stops its goroutine (Raft's Shutdown would have)
 		return fmt.Errorf("start raft: %w", err)
 	}
 	if n.announceSub, err = n.rnc.Subscribe(n.announceSubject, n.onAnnounce); err != nil {
 		return err
 	}
 	n.announceSub.SetPendingLimits(-1, -1)
-	s.logger.Info("natlog: cluster mode", "cluster", cfg.Name, "raft_state", hasState,
+	s.logger.Info("natlog: cluster mode", "cluster", cfg.Name, "raft_state", hasState, "raft_log", !n.startedEmpty,
 		"bootstrap_expect", cfg.BootstrapExpect, "voters", cfg.Voters)
 	n.started = time.Now()
 	n.running = true
@@ -301,6 +338,7 @@ func (n *clusterNode) run(fresh bool) {
 		if fresh && n.cfg.BootstrapExpect > 0 {
 			fresh = !n.tryBootstrap()
 		}
+		n.notePromotion()
 		n.syncLeadership()
 		if n.raft.State() == raft.Leader {
 			n.reconcile()
@@ -319,8 +357,12 @@ func (n *clusterNode) announce() {
 	n.mu.Lock()
 	leaving := n.leaving
 	n.mu.Unlock()
+	// A learner says so only once it holds Raft state: before, its
+	// votes are refused anyway, and a node that joins through the
+	// bootstrap may not know it yet.
 	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving,
-		Host: hostname, Reads: n.s.reads.Load(), ReadReplica: n.cfg.ReadReplica, Started: n.s.started.UnixNano()}
+		Host: hostname, Reads: n.s.reads.Load(), ReadReplica: n.cfg.ReadReplica, Started: n.s.started.UnixNano(),
+		Learner: n.learner() && n.hasRaftState()}
 	b, _ := json.Marshal(a)
 	if err := n.rnc.Publish(n.announceSubject, b); err != nil {
 		n.s.logger.Debug("natlog: announce", "err", err)
@@ -343,10 +385,131 @@ func (n *clusterNode) onAnnounce(m *nats.Msg) {
 		return
 	}
 	a.at = time.Now()
+	noteBootstrap := n.startedEmpty && n.cfg.BootstrapExpect > 0 && !n.hasRaftState()
 	n.mu.Lock()
 	n.seen[a.ID] = a
 	n.newest[a.ID] = max(n.newest[a.ID], a.Started)
+	if noteBootstrap {
+		n.noteBootstrapLocked(a)
+	}
 	n.mu.Unlock()
+}
+
+// noteBootstrapLocked learns from a, heard while this node has no Raft
+// state, which node it expects to bootstrap the cluster (see voteRule):
+// the lowest id of BootstrapExpect fresh nodes, this one among them, if
+// no node with state (other than one heard fresh before) was heard first:
+// then a cluster exists, and this node joins it as a learner. n.mu is
+// held.
+func (n *clusterNode) noteBootstrapLocked(a announcement) {
+	if n.sawState || n.bootstrapper != "" || a.ReadReplica {
+		return
+	}
+	if a.HasState {
+		// A node heard fresh before is most likely the bootstrapper,
+		// whose state is its bootstrap: the last node to start may hear
+		// it only then. Any other node with state means a cluster runs.
+		if a.ID != n.id && !n.everFresh[a.ID] {
+			n.sawState = true
+		}
+		return
+	}
+	n.everFresh[a.ID] = true
+	if len(n.everFresh) < n.cfg.BootstrapExpect || !n.everFresh[n.id] {
+		return
+	}
+	for id := range n.everFresh {
+		if n.bootstrapper == "" || id < n.bootstrapper {
+			n.bootstrapper = id
+		}
+	}
+}
+
+// hasRaftState reports whether this node holds Raft log entries or a
+// snapshot: it has been in a cluster's log (bootstrapped it, or stored an
+// entry or a snapshot from a leader). A stored term alone does not count:
+// a node that only voted has acknowledged nothing. Latched: Raft state,
+// once there, stays until the data dir is wiped, which takes a restart. A
+// store that cannot answer counts as no state (votes are refused).
+func (n *clusterNode) hasRaftState() bool {
+	if n.stateSeen.Load() {
+		return true
+	}
+	if last, err := n.logs.LastIndex(); err == nil && last > 0 {
+		n.stateSeen.Store(true)
+		return true
+	}
+	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 {
+		n.stateSeen.Store(true)
+		return true
+	}
+	return false
+}
+
+// learner reports whether this node's process started without Raft state,
+// did not join through the bootstrap, and has not yet been promoted by a
+// leader after catching up (see announcement.Learner).
+func (n *clusterNode) learner() bool {
+	if !n.startedEmpty || n.promoted.Load() {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bootstrapper == ""
+}
+
+// voteRule is the Raft transport's vote gate (raftfsm.NewVoteGate): whether
+// this node may answer candidate's vote or pre-vote request.
+//
+// A voter restarted on a wiped data dir with its old id has lost its log,
+// term and vote; Raft would grant its vote to any candidate, also one that
+// lacks entries this node acknowledged before (committed, so acknowledged
+// to clients): with it, that candidate has a majority, and the entries are
+// lost. So a node votes only with Raft state, with two refinements:
+//   - without state, it may vote for the node it expects to bootstrap the
+//     cluster (--bootstrap-expect; see noteBootstrapLocked), which needs
+//     the votes of fresh nodes to win the first election;
+//   - a learner (joined a running cluster without state) votes only once
+//     the leader has made it a non-voter and then promoted it, i.e. once
+//     it holds everything committed when it joined: its partial log
+//     during the catch-up would let a stale candidate win as well.
+//
+// Called on the transport's goroutine.
+func (n *clusterNode) voteRule(candidate raft.ServerID, _ bool) bool {
+	if n.learner() {
+		return false
+	}
+	if n.hasRaftState() {
+		return true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bootstrapper != "" && string(candidate) == n.bootstrapper
+}
+
+// notePromotion follows this node's suffrage while it is a learner: seen
+// a non-voter, then a voter, it has been promoted after catching up and
+// votes again.
+func (n *clusterNode) notePromotion() {
+	if !n.learner() {
+		return
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) != n.id {
+			continue
+		}
+		switch {
+		case srv.Suffrage == raft.Nonvoter:
+			n.sawNonvoter = true
+		case srv.Suffrage == raft.Voter && n.sawNonvoter:
+			n.promoted.Store(true)
+			n.s.logger.Info("natlog: promoted to voter after catching up; votes in elections again")
+		}
+	}
 }
 
 // recent returns the announcements heard within 3 announce intervals.
@@ -391,6 +554,9 @@ func (n *clusterNode) tryBootstrap() bool {
 	for _, id := range fresh[:n.cfg.BootstrapExpect] {
 		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
 	}
+	n.mu.Lock()
+	n.bootstrapper = n.id // not a learner, whatever it heard
+	n.mu.Unlock()
 	if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 		n.s.logger.Error("natlog: bootstrap failed", "err", err)
 		return false
@@ -437,14 +603,15 @@ func (n *clusterNode) syncLeadership() {
 		return
 	}
 	n.leaderSubs = subs
+	n.leaderSince = time.Now()
 	n.metrics.leadership.Inc()
 	n.s.logger.Info("natlog: leading the cluster", "term", n.raft.Stats()["term"])
 }
 
-// reconcile adds announced nodes that are not members: voters up to
-// Voters, non-voters beyond (and always for nodes that announce
-// themselves as read replicas); it promotes non-voters, other than
-// read replicas, while voters are missing.
+// reconcile adds announced nodes that are not members, as non-voters; it
+// promotes non-voters, other than read replicas, while fewer than Voters
+// voters are there, each once it has caught up (promotable). A node thus
+// holds the log before it counts toward a quorum or votes; see voteRule.
 func (n *clusterNode) reconcile() {
 	defer n.reconciles.Add(1)
 	f := n.raft.GetConfiguration()
@@ -466,6 +633,10 @@ func (n *clusterNode) reconcile() {
 	if n.demoteReadReplica(members, rec) {
 		return // the configuration changed: a non-voter is promoted next
 	}
+	if n.demoteLearner(f.Configuration().Servers, rec) {
+		return // the configuration changed: promoted again once caught up
+	}
+	commit := n.raft.CommitIndex()
 	ids := make([]string, 0, len(rec))
 	for id := range rec {
 		ids = append(ids, id)
@@ -481,21 +652,23 @@ func (n *clusterNode) reconcile() {
 		switch {
 		case member && (suf == raft.Voter || voters >= n.cfg.Voters || rec[id].ReadReplica):
 			continue
-		case rec[id].ReadReplica:
+		case !member:
 			fut = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
-		case voters < n.cfg.Voters:
+			n.promoteAt[id] = commit
+		case !n.promotable(id, rec[id], commit):
+			continue // still catching up
+		default:
 			fut = n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
 			voters++
 			asVoter = true
-		default:
-			fut = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(id), 0, n.cfg.ApplyTimeout)
 		}
 		if err := fut.Error(); err != nil {
 			n.s.logger.Warn("natlog: adding a member", "node", id, "err", err)
 			return
 		}
 		if member {
-			n.s.logger.Info("natlog: promoted a non-voter to voter", "node", id)
+			delete(n.promoteAt, id)
+			n.s.logger.Info("natlog: promoted a non-voter to voter (caught up)", "node", id, "applied", rec[id].Applied)
 		} else {
 			n.s.logger.Info("natlog: added a member", "node", id, "voter", asVoter)
 		}
@@ -532,35 +705,137 @@ func (n *clusterNode) demoteReadReplica(members map[string]raft.ServerSuffrage, 
 	return false
 }
 
-// removeDead removes one member unheard of for DeadNodeTimeout, if
-// enabled and safe (see ClusterConfig.DeadNodeTimeout). It reports whether
-// it removed one.
-func (n *clusterNode) removeDead(servers []raft.Server) bool {
-	timeout := n.cfg.DeadNodeTimeout
-	if timeout <= 0 || time.Since(n.started) < timeout {
-		return false
+// promotable reports whether non-voter id, announcing a, has caught up:
+// it has applied the commit index the leader saw when it added (or
+// demoted) it, so it holds every entry committed before it joined,
+// whatever it may have acknowledged before a wipe. A leader that did not
+// add it takes its own commit index when it first looks (later, so
+// stricter).
+func (n *clusterNode) promotable(id string, a announcement, commit uint64) bool {
+	at, ok := n.promoteAt[id]
+	if !ok {
+		at = commit
+		n.promoteAt[id] = at
 	}
-	cut := time.Now().Add(-timeout)
-	n.mu.Lock()
-	alive := func(id string) bool { a, ok := n.seen[id]; return id == n.id || ok && a.at.After(cut) }
-	var dead []raft.Server
-	voters, aliveVoters := 0, 0
+	return a.Applied >= at
+}
+
+// demoteLearner demotes one voter, not this leader, that announces itself
+// a learner: a node restarted with its id on a wiped data dir (see
+// voteRule). As a non-voter it catches up and is promoted again
+// (promotable). Only once the voters left, heard from since the leader
+// first saw it a learner, are a majority of them: a voter that has just
+// crashed, still in recent(), must not end up in the majority. Until then
+// it stays a voter: it acknowledges only what it stores and votes only
+// once promoted, so that is safe, if less available. It reports whether it
+// changed the configuration.
+func (n *clusterNode) demoteLearner(servers []raft.Server, rec map[string]announcement) bool {
+	for id := range n.demoteAsked {
+		if a, ok := rec[id]; !ok || !a.Learner {
+			delete(n.demoteAsked, id)
+		}
+	}
 	for _, srv := range servers {
-		if srv.Suffrage == raft.Voter {
-			voters++
-			if alive(string(srv.ID)) {
-				aliveVoters++
+		id := string(srv.ID)
+		if a, ok := rec[id]; !ok || srv.Suffrage != raft.Voter || !a.Learner || a.Leaving || id == n.id {
+			continue
+		}
+		asked, ok := n.demoteAsked[id]
+		if !ok {
+			n.demoteAsked[id] = time.Now()
+			continue // the next passes check who is still there
+		}
+		if !liveMajority(servers, id, n.heardSince(asked)) {
+			if time.Since(asked) > 3*n.cfg.AnnounceInterval {
+				// Say so, and look again from now on.
+				n.s.logger.Warn("natlog: not demoting a wiped voter yet: the voters left would lack a live majority", "node", id)
+				n.demoteAsked[id] = time.Now()
 			}
+			continue
 		}
-		if !alive(string(srv.ID)) {
-			dead = append(dead, srv)
+		commit := n.raft.CommitIndex()
+		if err := n.raft.DemoteVoter(srv.ID, 0, n.cfg.ApplyTimeout).Error(); err != nil {
+			n.s.logger.Warn("natlog: demoting a wiped voter", "node", id, "err", err)
+			return false
 		}
+		n.promoteAt[id] = commit
+		delete(n.demoteAsked, id)
+		n.s.logger.Warn("natlog: demoted a voter that rejoined without its Raft state (wiped); promoted again once caught up",
+			"node", id, "catch_up_to", commit)
+		return true
+	}
+	return false
+}
+
+// heardSince returns whether a node is this one or has announced itself
+// after t. Asked about a moment before the question arose, it tells the
+// nodes up now from one that crashed within the last announce intervals,
+// which recent() still lists.
+func (n *clusterNode) heardSince(t time.Time) func(string) bool {
+	n.mu.Lock()
+	at := make(map[string]time.Time, len(n.seen))
+	for id, a := range n.seen {
+		at[id] = a.at
 	}
 	n.mu.Unlock()
-	for _, srv := range dead {
-		if srv.Suffrage == raft.Voter && aliveVoters <= (voters-1)/2 {
+	return func(id string) bool { return id == n.id || at[id].After(t) }
+}
+
+// liveMajority reports whether, in servers less the voter without (removed
+// or demoted), the voters for which alive holds are a strict majority of
+// the voters. No voter left is no majority.
+func liveMajority(servers []raft.Server, without string, alive func(id string) bool) bool {
+	voters, live := 0, 0
+	for _, srv := range servers {
+		if srv.Suffrage != raft.Voter || string(srv.ID) == without {
+			continue
+		}
+		voters++
+		if alive(string(srv.ID)) {
+			live++
+		}
+	}
+	return live > voters/2
+}
+
+// deadMembers returns the members removeDead may remove: unheard of for
+// DeadNodeTimeout, measured from the later of their last announcement and
+// the moment this node became leader (after an outage of NATS longer than
+// the timeout, every announcement is old; a new leader gives the members
+// the timeout to announce themselves again), and, for voters, only if the
+// voters left keep a live majority.
+func (n *clusterNode) deadMembers(servers []raft.Server, now time.Time) []raft.Server {
+	timeout := n.cfg.DeadNodeTimeout
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	since := n.started
+	if n.leaderSince.After(since) {
+		since = n.leaderSince
+	}
+	if timeout <= 0 || now.Sub(since) < timeout {
+		return nil
+	}
+	cut := now.Add(-timeout)
+	alive := func(id string) bool { a, ok := n.seen[id]; return id == n.id || ok && a.at.After(cut) }
+	var dead []raft.Server
+	for _, srv := range servers {
+		if alive(string(srv.ID)) {
+			continue
+		}
+		if srv.Suffrage == raft.Voter && !liveMajority(servers, string(srv.ID), alive) {
 			continue // the voters left would not have a live majority
 		}
+		dead = append(dead, srv)
+	}
+	return dead
+}
+
+// removeDead removes one member unheard of for DeadNodeTimeout, if
+// enabled and safe (see ClusterConfig.DeadNodeTimeout and deadMembers).
+// It reports whether it removed one.
+func (n *clusterNode) removeDead(servers []raft.Server) bool {
+	timeout := n.cfg.DeadNodeTimeout
+	for _, srv := range n.deadMembers(servers, time.Now()) {
 		if err := n.raft.RemoveServer(srv.ID, 0, n.cfg.ApplyTimeout).Error(); err != nil {
 			n.s.logger.Warn("natlog: removing a dead member", "node", srv.ID, "err", err)
 			return false
@@ -609,6 +884,11 @@ func (n *clusterNode) onLeave(m *nats.Msg) {
 		}
 	}
 	go func() {
+		if err := n.checkRemoval(id); err != nil {
+			n.s.logger.Warn("natlog: refused to remove a member", "node", id, "err", err)
+			reply(err)
+			return
+		}
 		n.mu.Lock()
 		if a, ok := n.seen[id]; ok {
 			a.Leaving = true
@@ -621,6 +901,57 @@ func (n *clusterNode) onLeave(m *nats.Msg) {
 		}
 		reply(err)
 	}()
+}
+
+// errWouldLoseQuorum: removing the member would leave a configuration
+// whose voters heard from lately are no majority of it (it would stall
+// until the silent ones return). Nothing was changed.
+var errWouldLoseQuorum = errors.New("would lose quorum")
+
+// checkRemoval refuses the removal of voter id unless the voters that
+// announce themselves after the request (within about one announce
+// interval; this leader always), in the configuration without id, are a
+// strict majority of it. A graceful leave
+// while another voter is down would otherwise remove a live voter and
+// leave the dead one in the majority of what remains.
+func (n *clusterNode) checkRemoval(id string) error {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	servers := f.Configuration().Servers
+	if !slices.ContainsFunc(servers, func(srv raft.Server) bool { return string(srv.ID) == id && srv.Suffrage == raft.Voter }) {
+		return nil // a non-voter, or not a member: the voters do not change
+	}
+	// Wait for the voters to announce themselves after the request,
+	// about one announce interval: only one that does is up.
+	asked := time.Now()
+	deadline := asked.Add(n.cfg.AnnounceInterval * 3 / 2)
+	for !liveMajority(servers, id, n.heardSince(asked)) {
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-n.stop:
+			return raft.ErrRaftShutdown
+		case <-time.After(n.cfg.AnnounceInterval / 20):
+		}
+	}
+	alive := n.heardSince(asked)
+	if liveMajority(servers, id, alive) {
+		return nil
+	}
+	var left, heard []string
+	for _, srv := range servers {
+		if sid := string(srv.ID); srv.Suffrage == raft.Voter && sid != id {
+			left = append(left, sid)
+			if alive(sid) {
+				heard = append(heard, sid)
+			}
+		}
+	}
+	return fmt.Errorf("%w: removing voter %s leaves voters %v, of which only %v announced themselves since the request; not removed",
+		errWouldLoseQuorum, id, left, heard)
 }
 
 // onStepDown serves <prefix>._cluster.<name>.stepdown on the leader: it
@@ -743,6 +1074,9 @@ func (n *clusterNode) removeMember(id string, timeout time.Duration) error {
 			if strings.HasPrefix(string(m.Data), "error: stale:") {
 				return err // a newer process of this node runs
 			}
+			if after, ok := strings.CutPrefix(string(m.Data), "error: "+errWouldLoseQuorum.Error()); ok {
+				return fmt.Errorf("%w%s", errWouldLoseQuorum, after) // refused for good
+			}
 		}
 		if time.Now().After(deadline) {
 			return err
@@ -763,15 +1097,30 @@ func (n *clusterNode) leave(timeout time.Duration) error {
 		return f.Error()
 	}
 	servers := f.Configuration().Servers
-	if len(servers) <= 1 {
-		return nil // the last member: nothing to hand over
+	voter, voters := false, 0
+	for _, srv := range servers {
+		if srv.Suffrage == raft.Voter {
+			voters++
+			voter = voter || string(srv.ID) == n.id
+		}
+	}
+	if len(servers) <= 1 || voter && voters == 1 {
+		// The last member, or the last voter (read replicas are no
+		// quorum): nothing to hand over; it stays the cluster.
+		n.s.logger.Info("natlog: the only voter of the cluster stays a member (not leaving)")
+		return nil
 	}
 	if n.raft.State() == raft.Leader {
 		if err := n.raft.LeadershipTransfer().Error(); err != nil {
 			n.s.logger.Warn("natlog: leadership transfer", "err", err)
 		}
 	}
-	return n.removeMember(n.id, timeout)
+	err := n.removeMember(n.id, timeout)
+	if errors.Is(err, errWouldLoseQuorum) {
+		n.s.logger.Warn("natlog: not leaving the cluster: the leader refused, as the voters left would lose quorum; "+
+			"shutting down as a member, as on SIGINT (a restart rejoins as it was)", "err", err)
+	}
+	return err
 }
 
 // stopServing stops the run goroutine and drains the leader-only

@@ -22,7 +22,8 @@ type ClusterConfig struct {
 	// bootstraps.
 	BootstrapExpect int
 	// Voters is how many voters the leader keeps; announced nodes beyond
-	// it join as non-voting read replicas.
+	// it join as non-voting read replicas. Every node joins as a
+	// non-voter and is promoted once it has caught up.
 	Voters int
 	// ReadReplica makes the node a non-voting read replica for good: the
 	// leader adds it as a non-voter and never promotes it, and it never
@@ -38,8 +39,10 @@ type ClusterConfig struct {
 
 	// DeadNodeTimeout, if positive, makes the leader remove a member that
 	// has not announced itself for that long (a crashed node that will not
-	// return), as `natlog cluster remove` would. A voter is removed only
-	// if the voters still heard from remain a majority of the voters left.
+	// return), as `natlog cluster remove` would; counted from the later of
+	// its last announcement and the moment this leader took up the
+	// leadership. A voter is removed only if the voters still heard from
+	// remain a majority of the voters left.
 	// Zero: crashed members stay until an operator removes them.
 	DeadNodeTimeout time.Duration
 

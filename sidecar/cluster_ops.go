@@ -213,7 +213,11 @@ func raftError(err error) *protocol.Error {
 	case errors.Is(err, raft.ErrLeadershipLost):
 		return protocol.Errorf(protocol.ErrNotLeader, "leadership lost while committing: the outcome is indefinite (it may have been written); retry with the same Natlog-Msg-Id")
 	case errors.Is(err, raft.ErrRaftShutdown):
-		return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
+		// Not definite: hashicorp/raft fails the futures still waiting
+		// at shutdown with it, entries the followers may already have
+		// committed among them. ErrNotLeader's code (409) makes clients
+		// retry, and the description says the outcome is open.
+		return protocol.Errorf(protocol.ErrNotLeader, "the node is shutting down: the outcome is indefinite (it may have been written); retry with the same Natlog-Msg-Id")
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		return protocol.Errorf(protocol.ErrUnavailable, "raft is overloaded: nothing was written; retry")
 	case strings.Contains(err.Error(), "unable to store logs"):
@@ -465,6 +469,10 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	if n.raft.State() == raft.Leader {
 		dl, _ := ctx.Deadline()
 		if err := n.raft.Barrier(time.Until(dl)).Error(); err != nil {
+			if errors.Is(err, raft.ErrRaftShutdown) {
+				// A read writes nothing: no outcome to be unsure of.
+				return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
+			}
 			return raftError(err)
 		}
 		return nil
