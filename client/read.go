@@ -291,14 +291,24 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 			}
 		case o.fromStart || o.fromEnd:
 			info, err := c.Info(ctx, log)
-			if err == nil {
-				next, started = info.FirstOffset, true
-				if o.fromEnd {
-					next = info.NextOffset
+			if err == nil && o.fromEnd {
+				// Any replica answers Info, one behind with an end
+				// that has passed: the end is taken from a
+				// linearizable read at that offset (which a replica
+				// behind cannot have gone beyond), so that no record
+				// appended before Consume was called is delivered.
+				var b Batch
+				if b, err = c.Fetch(ctx, log, info.NextOffset, FetchOptions{Max: 1, Linearizable: true}); err == nil {
+					next, started = b.End, true
+					continue
 				}
+			} else if err == nil {
+				next, started = info.FirstOffset, true
 				continue
 			}
-			if retry, _ := outcome(err); !retry && !errors.Is(err, protocol.ErrUnknownLog) && !IsIndefinite(err) {
+			// Out of range: the log was recreated between the two
+			// reads; ask again.
+			if retry, _ := outcome(err); !retry && !errors.Is(err, protocol.ErrUnknownLog) && !IsIndefinite(err) && !errors.Is(err, protocol.ErrOffsetOutOfRange) {
 				return err
 			}
 		default:

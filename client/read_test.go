@@ -58,3 +58,51 @@ func TestReadWithoutRoutingFindsAcknowledgedRecords(t *testing.T) {
 		}
 	}
 }
+
+// Consume FromEnd starts at the log's end as of the call, though the
+// replica that answers Info is behind: records appended before the call
+// are not delivered.
+func TestConsumeFromEndPastALaggingReplica(t *testing.T) {
+	url := newNATS(t)
+	node := fakeNode(t, url, "cluster")
+	// Info from a replica that has applied one record; the log holds five.
+	if _, err := node.Subscribe("natlog.info.x", func(m *nats.Msg) {
+		m.Respond([]byte(`{"log":"x","first_offset":0,"next_offset":1,"records":1}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Subscribe("natlog.read.x", func(m *nats.Msg) {
+		req, err := protocol.DecodeReadRequest(m.Data)
+		if err != nil {
+			respondError(m, protocol.Errorf(protocol.ErrMalformedBody, "%v", err))
+			return
+		}
+		rep := protocol.ReadReply{Log: "x", Next: req.Offset, End: 5}
+		if req.Offset < 6 {
+			v := "old"
+			if req.Offset == 5 {
+				v, rep.End = "new", 6 // appended after Consume was called
+			}
+			rep.Records = []protocol.Record{{Offset: req.Offset, Time: 1, Value: []byte(v)}}
+			rep.Next = req.Offset + 1
+			if req.Linearizable {
+				rep.Records, rep.Next = rep.Records[:0], req.Offset
+			}
+		}
+		m.Respond(rep.AppendMsgpack(nil))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	node.Flush()
+	_, cl := connect(t, url, nil, client.WithoutReadRouting())
+	ctx := ctxT(t, 10*time.Second)
+	got := make(chan client.Record, 1)
+	errStop := errors.New("stop")
+	err := cl.Consume(ctx, "x", func(r client.Record) error { got <- r; return errStop }, client.FromEnd())
+	if !errors.Is(err, errStop) {
+		t.Fatalf("Consume: %v", err)
+	}
+	if r := <-got; r.Offset != 5 || string(r.Value) != "new" {
+		t.Fatalf("first record from the end: %d %q, want 5 \"new\"", r.Offset, r.Value)
+	}
+}
