@@ -127,6 +127,15 @@ func (l *Log) cacheAdd(s *segment) {
 	s.lastUsed.Store(l.tick())
 	l.cacheMu.Lock()
 	defer l.cacheMu.Unlock()
+	if s.fmu.TryRLock() {
+		// The file budget may have closed it since it was opened (or
+		// sealed): then it is not cached, and the next use reopens it.
+		closed := s.store == nil
+		s.fmu.RUnlock()
+		if closed {
+			return
+		}
+	}
 	l.openSegs = append(l.openSegs, s)
 	for len(l.openSegs) > l.cfg.MaxOpenSegments {
 		victim := -1
