@@ -74,12 +74,13 @@ type clusterNode struct {
 	// member is unheard of (removeDead) only from then on.
 	leaderSince time.Time
 
-	// Election safety of a node that starts without Raft state (see
-	// voteRule). startedEmpty is set before Raft starts. While this node
-	// has no Raft state and has heard no node with state (sawState),
-	// everFresh collects the nodes it heard announce none; once they are
-	// --bootstrap-expect many, the lowest of them is the bootstrapper it
-	// may vote for (latched).
+	// A node that starts without Raft state and joins a running cluster
+	// is a learner (see learner): startedEmpty is set before Raft starts.
+	// While this node has no Raft state and has heard no node with state
+	// (sawState), everFresh collects the nodes it heard announce none;
+	// once they are --bootstrap-expect many, the lowest of them is the
+	// bootstrapper, and this node joined through the bootstrap, not as a
+	// learner (latched).
 	startedEmpty bool
 	everFresh    map[string]bool
 	sawState     bool
@@ -262,9 +263,7 @@ func (s *Server) startCluster() (err error) {
 		return err
 	}
 	n.startedEmpty = !n.hasRaftState()
-	gate := raftfsm.NewVoteGate(n.trans, n.voteRule)
-	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, gate); err != nil {
-		gate.Close() // stops its goroutine (Raft's Shutdown would have)
+	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, n.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	if n.announceSub, err = n.rnc.Subscribe(n.announceSubject, n.onAnnounce); err != nil {

@@ -1,8 +1,9 @@
 package sidecar
 
 // Membership: how nodes find each other (announcements), how a cluster
-// forms (--bootstrap-expect), joins, promotions, leaves and removals,
-// and which nodes may vote (voteRule).
+// forms (--bootstrap-expect), joins as non-voters, promotions, the
+// demotion of a voter that rejoined with a wiped data dir, leaves and
+// removals.
 
 import (
 	"encoding/json"
@@ -65,7 +66,7 @@ func (n *clusterNode) onAnnounce(m *nats.Msg) {
 }
 
 // noteBootstrapLocked learns from a, heard while this node has no Raft
-// state, which node it expects to bootstrap the cluster (see voteRule):
+// state, which node it expects to bootstrap the cluster (see learner):
 // the lowest id of BootstrapExpect fresh nodes, this one among them, if
 // no node with state (other than one heard fresh before) was heard first:
 // then a cluster exists, and this node joins it as a learner. n.mu is
@@ -125,35 +126,6 @@ func (n *clusterNode) learner() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.bootstrapper == ""
-}
-
-// voteRule is the Raft transport's vote gate (raftfsm.NewVoteGate): whether
-// this node may answer candidate's vote or pre-vote request.
-//
-// A voter restarted on a wiped data dir with its old id has lost its log,
-// term and vote; Raft would grant its vote to any candidate, also one that
-// lacks entries this node acknowledged before (committed, so acknowledged
-// to clients): with it, that candidate has a majority, and the entries are
-// lost. So a node votes only with Raft state, with two refinements:
-//   - without state, it may vote for the node it expects to bootstrap the
-//     cluster (--bootstrap-expect; see noteBootstrapLocked), which needs
-//     the votes of fresh nodes to win the first election;
-//   - a learner (joined a running cluster without state) votes only once
-//     the leader has made it a non-voter and then promoted it, i.e. once
-//     it holds everything committed when it joined: its partial log
-//     during the catch-up would let a stale candidate win as well.
-//
-// Called on the transport's goroutine.
-func (n *clusterNode) voteRule(candidate raft.ServerID, _ bool) bool {
-	if n.learner() {
-		return false
-	}
-	if n.hasRaftState() {
-		return true
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.bootstrapper != "" && string(candidate) == n.bootstrapper
 }
 
 // notePromotion follows this node's suffrage while it is a learner: seen
@@ -237,7 +209,7 @@ func (n *clusterNode) tryBootstrap() bool {
 // reconcile adds announced nodes that are not members, as non-voters; it
 // promotes non-voters, other than read replicas, while fewer than Voters
 // voters are there, each once it has caught up (promotable). A node thus
-// holds the log before it counts toward a quorum or votes; see voteRule.
+// holds the log before it counts toward a quorum or votes.
 func (n *clusterNode) reconcile() {
 	defer n.reconciles.Add(1)
 	f := n.raft.GetConfiguration()
@@ -347,14 +319,15 @@ func (n *clusterNode) promotable(id string, a announcement, commit uint64) bool 
 }
 
 // demoteLearner demotes one voter, not this leader, that announces itself
-// a learner: a node restarted with its id on a wiped data dir (see
-// voteRule). As a non-voter it catches up and is promoted again
-// (promotable). Only once the voters left, heard from since the leader
-// first saw it a learner, are a majority of them: a voter that has just
-// crashed, still in recent(), must not end up in the majority. Until then
-// it stays a voter: it acknowledges only what it stores and votes only
-// once promoted, so that is safe, if less available. It reports whether it
-// changed the configuration.
+// a learner: a node restarted with its id on a wiped data dir, which has
+// forgotten what it acknowledged and whom it voted for, so its vote could
+// elect a candidate that lacks committed entries. As a non-voter it has no
+// vote; it catches up and is promoted again (promotable). Only once the
+// voters left, heard from since the leader first saw it a learner, are a
+// majority of them: a voter that has just crashed, still in recent(), must
+// not end up in the majority. Until then it stays a voter, and votes (see
+// docs/operations.md: do not restart a voter empty while another is
+// down). It reports whether it changed the configuration.
 func (n *clusterNode) demoteLearner(servers []raft.Server, rec map[string]announcement) bool {
 	for id := range n.demoteAsked {
 		if a, ok := rec[id]; !ok || !a.Learner {
@@ -370,6 +343,19 @@ func (n *clusterNode) demoteLearner(servers []raft.Server, rec map[string]announ
 		if !ok {
 			n.demoteAsked[id] = time.Now()
 			continue // the next passes check who is still there
+		}
+		voters := 0
+		for _, s := range servers {
+			if s.Suffrage == raft.Voter {
+				voters++
+			}
+		}
+		if voters-1 < 2 {
+			// Never down to the leader alone: demoting every
+			// learner at once (all followers restarted empty during
+			// a bootstrap, say) would leave appends acknowledged on
+			// one disk. The next learner waits for a promotion.
+			continue
 		}
 		if !liveMajority(servers, id, n.heardSince(asked)) {
 			if time.Since(asked) > 3*n.cfg.AnnounceInterval {
