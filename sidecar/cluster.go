@@ -85,11 +85,9 @@ type clusterNode struct {
 	everFresh    map[string]bool
 	sawState     bool
 	bootstrapper string
-	// stateSeen latches hasRaftState; promoted: this node, started
-	// empty, has seen itself a non-voter and then a voter again (the
-	// leader promoted it once it had caught up). sawNonvoter is owned by
-	// run.
-	stateSeen   atomic.Bool
+	// promoted: this node, started empty, has seen itself a non-voter and
+	// then a voter again (the leader promoted it once it had caught up).
+	// sawNonvoter is owned by run.
 	promoted    atomic.Bool
 	sawNonvoter bool
 	// promoteAt (owned by run: reconcile) is, per non-voter, the commit
@@ -262,7 +260,7 @@ func (s *Server) startCluster() (err error) {
 	if err := n.restoreIfBehind(snaps); err != nil {
 		return err
 	}
-	n.startedEmpty = !n.hasRaftState()
+	n.startedEmpty = !n.storesHoldLog()
 	if n.raft, err = raft.NewRaft(rc, n.fsm, cache, n.stable, snaps, n.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}

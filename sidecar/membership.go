@@ -32,7 +32,7 @@ func (n *clusterNode) announce() {
 	// bootstrap may not know it yet.
 	a := announcement{ID: n.id, HasState: n.hasState(), Applied: n.raft.AppliedIndex(), Leaving: leaving,
 		Host: hostname, Reads: n.s.reads.Load(), ReadReplica: n.cfg.ReadReplica, Started: n.s.started.UnixNano(),
-		Learner: n.learner() && n.hasRaftState()}
+		Learner: n.learner() && n.hasState()}
 	b, _ := json.Marshal(a)
 	if err := n.rnc.Publish(n.announceSubject, b); err != nil {
 		n.s.logger.Debug("natlog: announce", "err", err)
@@ -55,7 +55,7 @@ func (n *clusterNode) onAnnounce(m *nats.Msg) {
 		return
 	}
 	a.at = time.Now()
-	noteBootstrap := n.startedEmpty && n.cfg.BootstrapExpect > 0 && !n.hasRaftState()
+	noteBootstrap := n.startedEmpty && n.cfg.BootstrapExpect > 0 && !n.hasState()
 	n.mu.Lock()
 	n.seen[a.ID] = a
 	n.newest[a.ID] = max(n.newest[a.ID], a.Started)
@@ -95,25 +95,17 @@ func (n *clusterNode) noteBootstrapLocked(a announcement) {
 	}
 }
 
-// hasRaftState reports whether this node holds Raft log entries or a
-// snapshot: it has been in a cluster's log (bootstrapped it, or stored an
-// entry or a snapshot from a leader). A stored term alone does not count:
-// a node that only voted has acknowledged nothing. Latched: Raft state,
-// once there, stays until the data dir is wiped, which takes a restart. A
-// store that cannot answer counts as no state (votes are refused).
-func (n *clusterNode) hasRaftState() bool {
-	if n.stateSeen.Load() {
-		return true
-	}
+// storesHoldLog reports, before Raft starts, whether this node's stores
+// hold Raft log entries or a snapshot: it has been in a cluster's log
+// (bootstrapped it, or stored what a leader sent). A stored term alone
+// does not count: a node that only voted has acknowledged nothing. Once
+// Raft runs, hasState says the same.
+func (n *clusterNode) storesHoldLog() bool {
 	if last, err := n.logs.LastIndex(); err == nil && last > 0 {
-		n.stateSeen.Store(true)
 		return true
 	}
-	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 {
-		n.stateSeen.Store(true)
-		return true
-	}
-	return false
+	metas, err := n.snaps.List()
+	return err == nil && len(metas) > 0
 }
 
 // learner reports whether this node's process started without Raft state,
