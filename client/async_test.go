@@ -19,15 +19,12 @@ func TestCloseFailsInFlightBatchIndefinite(t *testing.T) {
 	url := newNATS(t)
 	node := fakeNode(t, url, "single")
 	recv := make(chan struct{}, 1)
-	if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {
+	handle(t, node, "natlog.append.x", func(m *nats.Msg) {
 		select {
 		case recv <- struct{}{}:
 		default:
 		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	})
 	_, cl := connect(t, url, nil)
 	f, err := cl.AppendAsync(context.Background(), "x", []byte("v"))
 	if err != nil {
@@ -47,13 +44,10 @@ func TestConcurrentFlush(t *testing.T) {
 	url := newNATS(t)
 	node := fakeNode(t, url, "single")
 	release := make(chan struct{})
-	if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {
+	handle(t, node, "natlog.append.x", func(m *nats.Msg) {
 		<-release
 		m.Respond([]byte(`{"log":"x","offset":0}`))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	})
 	_, cl := connect(t, url, nil, client.WithMaxPending(8), client.WithMaxBatch(1))
 	var fs []*client.AppendFuture
 	for range 8 {
@@ -89,10 +83,7 @@ func TestConcurrentFlush(t *testing.T) {
 func TestFlushHonorsContext(t *testing.T) {
 	url := newNATS(t)
 	node := fakeNode(t, url, "single")
-	if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	handle(t, node, "natlog.append.x", func(m *nats.Msg) {})
 	_, cl := connect(t, url, nil)
 	f, err := cl.AppendAsync(context.Background(), "x", []byte("v"))
 	if err != nil {
@@ -158,7 +149,7 @@ func TestAppendAsyncRejectsMismatchedCount(t *testing.T) {
 	var got arrivals
 	recv := make(chan struct{}, 1)
 	release := make(chan struct{})
-	if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {
+	handle(t, node, "natlog.append.x", func(m *nats.Msg) {
 		if got.add() == 1 {
 			recv <- struct{}{}
 			<-release
@@ -166,10 +157,7 @@ func TestAppendAsyncRejectsMismatchedCount(t *testing.T) {
 			return
 		}
 		m.Respond([]byte(`{"log":"x","first":7,"last":7,"count":1,"duplicate":true}`))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	})
 	_, cl := connect(t, url, nil)
 	ctx := ctxT(t, 10*time.Second)
 	f0, err := cl.AppendAsync(ctx, "x", []byte("a"))

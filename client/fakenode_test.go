@@ -37,6 +37,18 @@ func fakeNode(t *testing.T, url, mode string) *nats.Conn {
 	return nc
 }
 
+// handle makes the fake node answer subject with fn, subscribed (and
+// flushed to the server) before it returns.
+func handle(t *testing.T, node *nats.Conn, subject string, fn nats.MsgHandler) {
+	t.Helper()
+	if _, err := node.Subscribe(subject, fn); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // respondError answers m with perr as a node does (Status, Description,
 // and the JSON error body).
 func respondError(m *nats.Msg, perr *protocol.Error) {

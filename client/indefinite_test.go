@@ -77,13 +77,10 @@ func TestCancelledRequestOutcome(t *testing.T) {
 	node := fakeNode(t, url, "single")
 	var got arrivals
 	recv := make(chan struct{}, 1)
-	if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {
+	handle(t, node, "natlog.append.x", func(m *nats.Msg) {
 		got.add()
 		recv <- struct{}{}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	})
 	_, cl := connect(t, url, nil)
 
 	t.Run("cancelled in flight", func(t *testing.T) {
@@ -124,17 +121,14 @@ func TestConnectionLossOutcome(t *testing.T) {
 		var got arrivals
 		var nc *nats.Conn
 		ready := make(chan struct{})
-		if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {
+		handle(t, node, "natlog.append.x", func(m *nats.Msg) {
 			if got.add() == 1 {
 				<-ready
 				go nc.ForceReconnect() // moving to another server of the NATS cluster, say
 				return
 			}
 			respondError(m, protocol.Errorf(protocol.ErrStorage, "reserve space: no space left on device: nothing was written"))
-		}); err != nil {
-			t.Fatal(err)
-		}
-		node.Flush()
+		})
 		nc, cl := connect(t, url, []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(20 * time.Millisecond)})
 		close(ready)
 		_, err := cl.Append(ctxT(t, 10*time.Second), "x", []byte("v"))
@@ -151,14 +145,11 @@ func TestConnectionLossOutcome(t *testing.T) {
 		var got arrivals
 		var nc *nats.Conn
 		ready := make(chan struct{})
-		if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) {
+		handle(t, node, "natlog.append.x", func(m *nats.Msg) {
 			got.add()
 			<-ready
 			go nc.Close()
-		}); err != nil {
-			t.Fatal(err)
-		}
-		node.Flush()
+		})
 		nc, cl := connect(t, url, nil)
 		close(ready)
 		_, err := cl.Append(ctxT(t, 10*time.Second), "x", []byte("v"))
@@ -188,10 +179,7 @@ func TestRetryWindowBoundsRetries(t *testing.T) {
 	url := newNATS(t)
 	node := fakeNode(t, url, "single")
 	var got arrivals
-	if _, err := node.Subscribe("natlog.append.x", func(m *nats.Msg) { got.add() }); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	handle(t, node, "natlog.append.x", func(m *nats.Msg) { got.add() })
 	const window = 600 * time.Millisecond
 	_, cl := connect(t, url, nil, client.WithRequestTimeout(100*time.Millisecond), client.WithRetryWindow(window))
 	done := make(chan error, 1)

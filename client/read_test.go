@@ -21,7 +21,7 @@ func TestReadWithoutRoutingFindsAcknowledgedRecords(t *testing.T) {
 	node := fakeNode(t, url, "cluster")
 	// A replica that is behind: it holds nothing, until a linearizable
 	// read makes it catch up to the leader's commit (one record at 0).
-	if _, err := node.Subscribe("natlog.read.x", func(m *nats.Msg) {
+	handle(t, node, "natlog.read.x", func(m *nats.Msg) {
 		if m.Header.Get(protocol.HeaderContentType) != protocol.ContentTypeMsgpack {
 			respondError(m, protocol.Errorf(protocol.ErrOffsetOutOfRange, "offset %s out of range [0, 0)", m.Data))
 			return
@@ -41,10 +41,7 @@ func TestReadWithoutRoutingFindsAcknowledgedRecords(t *testing.T) {
 			return
 		}
 		m.Respond(rep.AppendMsgpack(nil))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	})
 	_, cl := connect(t, url, nil, client.WithoutReadRouting())
 	ctx := ctxT(t, 10*time.Second)
 	r, err := cl.Read(ctx, "x", 0)
@@ -66,12 +63,10 @@ func TestConsumeFromEndPastALaggingReplica(t *testing.T) {
 	url := newNATS(t)
 	node := fakeNode(t, url, "cluster")
 	// Info from a replica that has applied one record; the log holds five.
-	if _, err := node.Subscribe("natlog.info.x", func(m *nats.Msg) {
+	handle(t, node, "natlog.info.x", func(m *nats.Msg) {
 		m.Respond([]byte(`{"log":"x","first_offset":0,"next_offset":1,"records":1}`))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.Subscribe("natlog.read.x", func(m *nats.Msg) {
+	})
+	handle(t, node, "natlog.read.x", func(m *nats.Msg) {
 		req, err := protocol.DecodeReadRequest(m.Data)
 		if err != nil {
 			respondError(m, protocol.Errorf(protocol.ErrMalformedBody, "%v", err))
@@ -90,10 +85,7 @@ func TestConsumeFromEndPastALaggingReplica(t *testing.T) {
 			}
 		}
 		m.Respond(rep.AppendMsgpack(nil))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	node.Flush()
+	})
 	_, cl := connect(t, url, nil, client.WithoutReadRouting())
 	ctx := ctxT(t, 10*time.Second)
 	got := make(chan client.Record, 1)
