@@ -261,6 +261,31 @@ func appendRetry(t testing.TB, nc *nats.Conn, name, value, msgID string) (protoc
 	return protocol.AppendReply{}, fmt.Errorf("append %s: gave up: %v", msgID, last)
 }
 
+// requestRetry sends a request until it is answered other than "no
+// responders", a timeout, not leader or unavailable (an election), as a
+// client must; the request should carry a Natlog-Msg-Id if it appends.
+func requestRetry(t testing.TB, nc *nats.Conn, subject string, data []byte, hdr nats.Header) *nats.Msg {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m, err := nc.RequestMsg(&nats.Msg{Subject: subject, Data: data, Header: hdr}, 2*time.Second)
+		retry := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)
+		if err == nil {
+			e := protocol.ReplyError(m.Header, m.Data)
+			retry = e != nil && (e.ErrCode == protocol.CodeNotLeader || e.ErrCode == protocol.CodeUnavailable)
+		} else if !retry {
+			t.Fatalf("request %s: %v", subject, err)
+		}
+		if !retry {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("request %s: still refused after 30 s: %v", subject, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // appendN appends values prefix-0 .. prefix-(n-1) one by one and returns
 // them.
 func appendN(t testing.TB, nc *nats.Conn, name, prefix string, n int) []string {

@@ -940,7 +940,10 @@ func TestClusterFollowerDiskFull(t *testing.T) {
 	// More than the space written ahead in the follower's files.
 	for i := range 12 {
 		req, vals := batchOf(i, 1000)
-		wantOK(t, request(t, nc, "natlog.append.orders", req.AppendMsgpack(nil), msgpackHdr))
+		// With an id, so that a retry across a leadership change
+		// (under load a slow node may call an election) writes once.
+		hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}, protocol.HeaderMsgID: {fmt.Sprintf("batch-%d", i)}}
+		wantOK(t, requestRetry(t, nc, "natlog.append.orders", req.AppendMsgpack(nil), hdr))
 		want = append(want, vals...)
 	}
 	for _, id := range tc.ids() {
