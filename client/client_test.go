@@ -143,19 +143,42 @@ func TestConsumeFromEndAndTime(t *testing.T) {
 		done <- cl.Consume(cctx, "l", func(r client.Record) error { got <- r; return nil },
 			client.FromEnd(), client.WithPollWait(200*time.Millisecond))
 	}()
-	// The consumer started at the end: wait until it is polling there.
-	eventually(t, 10*time.Second, "the consumer to poll", func() bool {
-		info, err := cl.Info(ctx, "l")
-		return err == nil && info.NextOffset == 3
-	})
-	if _, err := cl.Append(ctx, "l", []byte("d")); err != nil {
-		t.Fatal(err)
+	// FromEnd resolves the end while the test goes on, at some offset
+	// from 3 on: nothing is observable of it, so the test appends until
+	// a record comes. It must be one appended after a, b and c, and the
+	// consumer then delivers every later record, in order.
+	values := map[uint64]string{}
+	appendOne := func(v string) {
+		t.Helper()
+		off, err := cl.Append(ctx, "l", []byte(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		values[off] = v
 	}
-	r := <-got
-	// FromEnd may have resolved before or after "d" was appended: it
-	// saw either 3 (and delivers d) or 4 (and waits for the next).
-	if r.Offset != 3 || string(r.Value) != "d" {
-		t.Fatalf("from the end: got %d %q", r.Offset, r.Value)
+	var first client.Record
+	for k := 0; first.Value == nil; k++ {
+		appendOne("v" + itoa(k))
+		select {
+		case first = <-got:
+		case err := <-done:
+			t.Fatalf("Consume returned %v before delivering a record", err)
+		case <-time.After(100 * time.Millisecond): // poll: append another
+		}
+	}
+	if first.Offset < 3 || values[first.Offset] != string(first.Value) {
+		t.Fatalf("from the end: first record %d %q; want one appended after the start", first.Offset, first.Value)
+	}
+	appendOne("last")
+	for off := first.Offset + 1; off < uint64(len(values))+3; off++ {
+		select {
+		case r := <-got:
+			if r.Offset != off || string(r.Value) != values[off] {
+				t.Fatalf("after %d: got %d %q, want %d %q", first.Offset, r.Offset, r.Value, off, values[off])
+			}
+		case err := <-done:
+			t.Fatalf("Consume returned %v", err)
+		}
 	}
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
