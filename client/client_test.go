@@ -470,7 +470,7 @@ func TestCloseDuringAppendAsync(t *testing.T) {
 // read, however many are in flight when the first refusal comes back, goes
 // on through the shared subject.
 func TestReadsFallBackWhenNodeSubjectsAreDenied(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+	ns := startNATS(t, &server.Options{
 		Users: []*server.User{
 			{Username: "node", Password: "p"},
 			{Username: "app", Password: "p", Permissions: &server.Permissions{
@@ -478,14 +478,6 @@ func TestReadsFallBackWhenNodeSubjectsAreDenied(t *testing.T) {
 				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 			}},
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(ns.Shutdown)
 	url := ns.ClientURL()
 	c := newCluster(t, 3, func(cfg *sidecar.Config) {
 		cfg.NATSURL, cfg.NATSUser, cfg.NATSPassword = url, "node", "p"

@@ -32,7 +32,15 @@ type cluster struct {
 
 func newNATS(t testing.TB) string {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	return startNATS(t, &server.Options{}).ClientURL()
+}
+
+// startNATS starts an embedded nats-server with opts (users, say) on a
+// random loopback port, quiet, shut down when the test ends.
+func startNATS(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, true, true
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +49,7 @@ func newNATS(t testing.TB) string {
 		t.Fatal("nats-server not ready")
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns.ClientURL()
+	return ns
 }
 
 // newCluster starts n nodes (n1..nn); n == 0 starts one standalone node.

@@ -993,20 +993,8 @@ func TestClusterLeaderDiskFull(t *testing.T) {
 	for i := range 12 {
 		req, vals := batchOf(i, 1000)
 		id := fmt.Sprintf("batch-%d", i)
-		eventually(t, 30*time.Second, "batch "+id+" appended", func() bool {
-			m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.append.orders", Data: req.AppendMsgpack(nil),
-				Header: nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}, protocol.HeaderMsgID: {id}}}, 2*time.Second)
-			if err != nil {
-				return false // no responders or a timeout: an election
-			}
-			if e := protocol.ReplyError(m.Header, m.Data); e != nil {
-				if e.ErrCode != protocol.CodeNotLeader && e.ErrCode != protocol.CodeUnavailable {
-					t.Fatalf("batch %s: %v", id, e)
-				}
-				return false
-			}
-			return true
-		})
+		hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}, protocol.HeaderMsgID: {id}}
+		wantOK(t, requestRetry(t, nc, "natlog.append.orders", req.AppendMsgpack(nil), hdr))
 		want = append(want, vals...)
 	}
 	for _, id := range tc.ids() {
