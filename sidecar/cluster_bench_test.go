@@ -1,9 +1,12 @@
 package sidecar
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/natlog/natlog/sidecar/protocol"
 )
@@ -62,4 +65,51 @@ func BenchmarkClusterAppendInflight256(b *testing.B) {
 	b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
 	st := tc.node(tc.leader()).status()
 	b.ReportMetric(float64(b.N)/float64(st.CommitIndex), "records/entry")
+}
+
+// BenchmarkClusterReadLinearizable: linearizable single-record reads of a
+// 3-node cluster, answered by whichever replica NATS picks: one at a time
+// (the latency: p50) and 64 in flight (records/s).
+func BenchmarkClusterReadLinearizable(b *testing.B) {
+	tc := benchCluster(b)
+	nc := tc.client()
+	if m, err := nc.Request("natlog.append.bench", value100, 5*time.Second); err != nil || m.Header != nil {
+		b.Fatalf("append: %v %v", err, m)
+	}
+	hdr := nats.Header{protocol.HeaderContentType: {protocol.ContentTypeMsgpack}}
+	req := protocol.ReadRequest{Offset: 0, Max: 1, Linearizable: true}
+	body := req.AppendMsgpack(nil)
+	check := func(m *nats.Msg) error {
+		if e := protocol.ReplyError(m.Header, m.Data); e != nil {
+			return e
+		}
+		rep, err := protocol.DecodeReadReply(m.Data)
+		if err != nil || len(rep.Records) != 1 {
+			return fmt.Errorf("read reply: %d records, %v", len(rep.Records), err)
+		}
+		return nil
+	}
+	b.Run("one", func(b *testing.B) {
+		lat := make([]time.Duration, 0, b.N)
+		for range b.N {
+			t0 := time.Now()
+			m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.read.bench", Data: body, Header: hdr}, 5*time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := check(m); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		b.StopTimer()
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	})
+	b.Run("inflight64", func(b *testing.B) {
+		el := pipeline(b, nc, b.N, 64, "natlog.read.bench", body, hdr, check)
+		b.StopTimer()
+		b.ReportMetric(float64(b.N)/el.Seconds(), "records/s")
+	})
 }
