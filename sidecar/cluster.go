@@ -48,6 +48,13 @@ type clusterNode struct {
 	// covered: every command up to this Raft index is applied to the
 	// FSM (linearizable reads on followers; see lastCommand).
 	covered atomic.Uint64
+	// readyTerm is the term in which this leader has committed an entry
+	// of its own (a barrier, see readIndex); 0: none yet.
+	readyTerm atomic.Uint64
+	// leaderReads shares the leader's read index among concurrent
+	// linearizable reads (its own, and followers' questions for it);
+	// followerReads shares a follower's question for it.
+	leaderReads, followerReads coalescer
 	// reconciles counts the leader's membership passes (for tests).
 	reconciles atomic.Uint64
 	// handingOver is set while this leader hands its leadership over
@@ -62,6 +69,7 @@ type clusterNode struct {
 	leaveSubject    string
 	stepDownSubject string
 	announceSub     *nats.Subscription
+	termSub         *nats.Subscription // onTerm
 
 	applier applier
 
@@ -212,6 +220,7 @@ func (s *Server) startCluster() (err error) {
 		everFresh: map[string]bool{}, promoteAt: map[string]uint64{},
 		demoteAsked: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
 	n.applier.n = n
+	n.leaderReads.run, n.followerReads.run = n.readIndex, n.askReadIndex
 	n.metrics = s.metrics.registerCluster(n)
 	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
 	n.leaveSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".leave"
@@ -268,6 +277,10 @@ func (s *Server) startCluster() (err error) {
 		return err
 	}
 	n.announceSub.SetPendingLimits(-1, -1)
+	if n.termSub, err = n.rnc.Subscribe(n.termSubject(n.id), n.onTerm); err != nil {
+		return err
+	}
+	n.termSub.SetPendingLimits(-1, -1)
 	s.logger.Info("natlog: cluster mode", "cluster", cfg.Name, "raft_state", hasState, "raft_log", !n.startedEmpty,
 		"bootstrap_expect", cfg.BootstrapExpect, "voters", cfg.Voters)
 	n.started = time.Now()

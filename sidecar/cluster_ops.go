@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -463,27 +464,25 @@ func (n *clusterNode) catchUp(ctx context.Context, name string, minOffset *uint6
 }
 
 // linearize waits until this replica has applied everything committed
-// before the call: on the leader, a Raft barrier (which also confirms
-// leadership); on a follower, the leader's commit index, asked over NATS.
+// before the call: the read index (readIndex) of the leader, itself or
+// asked over NATS. Concurrent reads share one (coalescer).
 func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
+	reads := &n.followerReads
 	if n.raft.State() == raft.Leader {
-		dl, _ := ctx.Deadline()
-		if err := n.raft.Barrier(time.Until(dl)).Error(); err != nil {
-			if errors.Is(err, raft.ErrRaftShutdown) {
-				// A read writes nothing: no outcome to be unsure of.
-				return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
-			}
-			return raftError(err)
-		}
-		return nil
+		reads = &n.leaderReads
 	}
-	m, err := n.rnc.RequestWithContext(ctx, n.s.subjects.Prefix()+"._cluster."+n.cfg.Name+".commit", nil)
+	idx, err := reads.do(ctx, n.readCtx)
 	if err != nil {
-		return protocol.Errorf(protocol.ErrUnavailable, "no leader confirmed the read: %v; retry", err)
-	}
-	var idx uint64
-	if _, err := fmt.Sscan(string(m.Data), &idx); err != nil {
-		return protocol.Errorf(protocol.ErrUnavailable, "leader: %s", m.Data)
+		var perr *protocol.Error
+		switch {
+		case errors.As(err, &perr):
+			return perr
+		case errors.Is(err, ctx.Err()):
+			return protocol.Errorf(protocol.ErrUnavailable, "no leader confirmed the read in time; retry")
+		case errors.Is(err, raft.ErrRaftShutdown):
+			return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
+		}
+		return protocol.Errorf(protocol.ErrUnavailable, "the leader could not confirm the read: %v; retry", err)
 	}
 	wait := func(done func() bool) *protocol.Error {
 		for !done() {
@@ -507,6 +506,151 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	for cur := n.covered.Load(); cur < idx && !n.covered.CompareAndSwap(cur, idx); cur = n.covered.Load() {
 	}
 	return nil
+}
+
+// readCtx bounds one run of a read index query.
+func (n *clusterNode) readCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+}
+
+// askReadIndex asks the leader for its read index (onCommitIndex).
+func (n *clusterNode) askReadIndex(ctx context.Context) (uint64, error) {
+	m, err := n.rnc.RequestWithContext(ctx, n.s.subjects.Prefix()+"._cluster."+n.cfg.Name+".commit", nil)
+	if err != nil {
+		return 0, protocol.Errorf(protocol.ErrUnavailable, "no leader confirmed the read: %v; retry", err)
+	}
+	var idx uint64
+	if _, err := fmt.Sscan(string(m.Data), &idx); err != nil {
+		return 0, protocol.Errorf(protocol.ErrUnavailable, "leader: %s", m.Data)
+	}
+	return idx, nil
+}
+
+// readIndex returns, on the leader, a Raft index that covers every entry
+// committed before the call: Raft's read index (Raft thesis, section
+// 6.4), which writes nothing. Once the leader has committed an entry of
+// its own term, its commit index covers all that any leader committed
+// before; the first read of a term runs a barrier, which commits one.
+// Then a majority of the voters, asked after the commit index was read,
+// must still be in this term (confirmTerm): a newer leader needs the vote
+// of one of them, so it was elected after the read began and cannot have
+// committed anything acknowledged before it.
+//
+// hashicorp/raft's VerifyLeader is not used for the last step: it counts
+// the answer to a heartbeat sent before it was called (one that was in
+// flight, or delayed by a paused process), which shows only that the
+// follower followed at some time before, perhaps before the read began.
+func (n *clusterNode) readIndex(ctx context.Context) (uint64, error) {
+	term := n.raft.CurrentTerm()
+	if n.readyTerm.Load() != term {
+		if err := await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
+			return 0, err
+		}
+		if n.raft.CurrentTerm() != term {
+			return 0, raft.ErrLeadershipLost
+		}
+		n.readyTerm.Store(term)
+	}
+	idx := n.raft.CommitIndex()
+	if err := n.confirmTerm(ctx, term); err != nil {
+		return 0, err
+	}
+	return idx, nil
+}
+
+// errTermNotConfirmed: too few voters answered that they are still in the
+// leader's term.
+var errTermNotConfirmed = errors.New("a majority of the voters did not confirm the leader's term")
+
+// confirmTerm asks the other voters of the latest configuration for their
+// current term (onTerm) and returns once, with this node, a majority of
+// them answered term: they have not moved to a newer one.
+func (n *clusterNode) confirmTerm(ctx context.Context, term uint64) error {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	var others []string
+	voters := 0
+	self := false
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if string(srv.ID) == n.id {
+			self = true
+		} else {
+			others = append(others, string(srv.ID))
+		}
+	}
+	need := voters/2 + 1
+	if self {
+		if n.raft.CurrentTerm() != term {
+			return raft.ErrLeadershipLost
+		}
+		need--
+	}
+	if need <= 0 {
+		return nil
+	}
+	if need > len(others) {
+		return errTermNotConfirmed
+	}
+	answers := make(chan uint64, len(others))
+	for _, id := range others {
+		go func() {
+			m, err := n.rnc.RequestWithContext(ctx, n.termSubject(id), nil)
+			var t uint64
+			if err == nil {
+				t, err = strconv.ParseUint(string(m.Data), 10, 64)
+			}
+			if err != nil {
+				t = 0 // no answer counts against
+			}
+			answers <- t
+		}()
+	}
+	for range others {
+		select {
+		case t := <-answers:
+			switch {
+			case t == term:
+				if need--; need == 0 {
+					return nil
+				}
+			case t > term:
+				return raft.ErrLeadershipLost // a newer term exists
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return errTermNotConfirmed
+}
+
+// termSubject is where node id answers its current Raft term (onTerm).
+func (n *clusterNode) termSubject(id string) string {
+	return n.s.subjects.Prefix() + "._cluster." + n.cfg.Name + ".term." + id
+}
+
+// onTerm answers this node's current Raft term (confirmTerm).
+func (n *clusterNode) onTerm(m *nats.Msg) {
+	m.Respond(strconv.AppendUint(nil, n.raft.CurrentTerm(), 10))
+}
+
+// await waits for a Raft future, or until ctx is done (the future then
+// completes on its own: a barrier or a leadership check ends when the
+// leader loses its lease at the latest).
+func await(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // lastCommand returns the Raft index of the newest command at or below idx
@@ -536,20 +680,23 @@ func (n *clusterNode) lastCommand(idx uint64) uint64 {
 	return 0
 }
 
-// onCommitIndex serves <prefix>._cluster.<name>.commit on the leader: a
-// barrier, then the applied index (which covers everything committed
-// before the request).
+// onCommitIndex serves <prefix>._cluster.<name>.commit on the leader: its
+// read index (readIndex), which covers everything committed before the
+// request.
 func (n *clusterNode) onCommitIndex(m *nats.Msg) {
 	go func() {
 		if n.raft.State() != raft.Leader {
 			m.Respond([]byte("not leader"))
 			return
 		}
-		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+		ctx, cancel := n.readCtx()
+		defer cancel()
+		idx, err := n.leaderReads.do(ctx, n.readCtx)
+		if err != nil {
 			m.Respond([]byte(err.Error()))
 			return
 		}
-		m.Respond(fmt.Appendf(nil, "%d", n.raft.AppliedIndex()))
+		m.Respond(fmt.Appendf(nil, "%d", idx))
 	}()
 }
 
