@@ -221,6 +221,9 @@ func (s *Server) startCluster() (err error) {
 		demoteAsked: map[string]time.Time{}, stop: make(chan struct{}), done: make(chan struct{})}
 	n.applier.n = n
 	n.leaderReads.run, n.followerReads.run = n.readIndex, n.askReadIndex
+	// A question to the leader takes a round trip, the first read index
+	// of a term a barrier: one taking longer than this is likely lost.
+	n.leaderReads.stale, n.followerReads.stale = cfg.HeartbeatTimeout/4, cfg.HeartbeatTimeout/4
 	n.metrics = s.metrics.registerCluster(n)
 	n.announceSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".announce"
 	n.leaveSubject = s.subjects.Prefix() + "._cluster." + cfg.Name + ".leave"

@@ -471,7 +471,11 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 	if n.raft.State() == raft.Leader {
 		reads = &n.leaderReads
 	}
-	idx, err := reads.do(ctx, n.readCtx)
+	runCtx := n.readCtx
+	if reads == &n.followerReads {
+		runCtx = n.askCtx
+	}
+	idx, err := reads.do(ctx, runCtx)
 	if err != nil {
 		var perr *protocol.Error
 		switch {
@@ -481,6 +485,8 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 			return protocol.Errorf(protocol.ErrUnavailable, "no leader confirmed the read in time; retry")
 		case errors.Is(err, raft.ErrRaftShutdown):
 			return protocol.Errorf(protocol.ErrUnavailable, "the node is shutting down; retry")
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			return protocol.Errorf(protocol.ErrUnavailable, "this node no longer leads, the read was not confirmed; retry")
 		}
 		return protocol.Errorf(protocol.ErrUnavailable, "the leader could not confirm the read: %v; retry", err)
 	}
@@ -511,6 +517,14 @@ func (n *clusterNode) linearize(ctx context.Context) *protocol.Error {
 // readCtx bounds one run of a read index query.
 func (n *clusterNode) readCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+}
+
+// askCtx bounds one question of a follower for the leader's read index:
+// a leader that has not answered within two heartbeat timeouts has
+// likely gone (its successor is elected about then), and the reads that
+// wait for the question fail (unavailable) rather than wait longer.
+func (n *clusterNode) askCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), min(n.cfg.ApplyTimeout, 2*n.cfg.HeartbeatTimeout))
 }
 
 // askReadIndex asks the leader for its read index (onCommitIndex).
@@ -552,7 +566,19 @@ func (n *clusterNode) readIndex(ctx context.Context) (uint64, error) {
 		n.readyTerm.Store(term)
 	}
 	idx := n.raft.CommitIndex()
-	if err := n.confirmTerm(ctx, term); err != nil {
+	err := n.confirmTerm(ctx, term)
+	if errors.Is(err, errTermNotConfirmed) {
+		// Too few voters answered (some may run a release without
+		// onTerm, during a rolling upgrade): a barrier shows the
+		// leadership instead, as a majority stores its entry. Everything
+		// committed before the read is at or below the barrier, which
+		// is committed when it returns.
+		if err := await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
+			return 0, err
+		}
+		return n.raft.CommitIndex(), nil
+	}
+	if err != nil {
 		return 0, err
 	}
 	return idx, nil

@@ -484,12 +484,19 @@ func TestClusterLinearizableReadsAfterRestart(t *testing.T) {
 	tc.converged("lin", want)
 	lin := func(id string) *nats.Msg {
 		body, _ := json.Marshal(map[string]any{"offset": len(want) - 1, "max": 1, "linearizable": true})
-		m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.node." + id + ".read.lin", Data: body,
-			Header: nats.Header{protocol.HeaderAccept: {protocol.ContentTypeJSON}}}, 10*time.Second)
-		if err != nil {
-			t.Fatalf("linearizable read on %s: %v", id, err)
+		// After the restart the leadership may still move (elections
+		// on a loaded machine): a read fails meanwhile, unavailable.
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.node." + id + ".read.lin", Data: body,
+				Header: nats.Header{protocol.HeaderAccept: {protocol.ContentTypeJSON}}}, 10*time.Second)
+			if err != nil {
+				t.Fatalf("linearizable read on %s: %v", id, err)
+			}
+			e := protocol.ReplyError(m.Header, m.Data)
+			if e == nil || e.ErrCode != protocol.CodeUnavailable || time.Now().After(deadline) {
+				return m
+			}
 		}
-		return m
 	}
 	check := func(id string) {
 		t.Helper()

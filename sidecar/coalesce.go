@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // coalescer shares one run of an index query (a leader's read index, or a
@@ -10,15 +11,19 @@ import (
 // caller may only take the answer of a run that began after it arrived
 // (an earlier run may have read the commit index before the caller's
 // write was acknowledged), so a caller that arrives during a run waits for
-// the next, which starts when the current one ends and answers everyone
-// who arrived meanwhile: at most two runs per round trip, however many
-// callers.
+// the next, which starts when a run ends and answers everyone who arrived
+// meanwhile: about two runs per round trip, however many callers. A run
+// that has taken longer than stale (a question to a leader that died with
+// it) no longer holds the next one back: the next starts at once, beside
+// it.
 type coalescer struct {
-	run func(context.Context) (uint64, error)
+	run   func(context.Context) (uint64, error)
+	stale time.Duration // 0: never
 
-	mu      sync.Mutex // guards running and next
-	running bool
-	next    *coalesced // the run the next callers join
+	mu      sync.Mutex // guards running, newest and next
+	running int        // runs in flight
+	newest  time.Time  // when the newest run in flight began
+	next    *coalesced // the run the next callers join, not begun yet
 }
 
 // coalesced is one run's outcome, ready once done is closed.
@@ -40,9 +45,10 @@ func (c *coalescer) do(ctx context.Context, runCtx func() (context.Context, cont
 		c.next = r
 	}
 	r.joined++
-	if !c.running {
-		c.running = true
+	if c.running == 0 || c.stale > 0 && time.Since(c.newest) > c.stale {
 		c.next = nil
+		c.running++
+		c.newest = time.Now()
 		go c.loop(r, runCtx)
 	}
 	c.mu.Unlock()
@@ -64,8 +70,10 @@ func (c *coalescer) loop(r *coalesced, runCtx func() (context.Context, context.C
 		c.mu.Lock()
 		r = c.next
 		c.next = nil
-		if r == nil {
-			c.running = false
+		if r != nil {
+			c.newest = time.Now()
+		} else {
+			c.running--
 		}
 		c.mu.Unlock()
 	}
