@@ -393,7 +393,10 @@ func (l *Log) ApplyRetention() error {
 			}
 		}
 	}
-	if n == 0 {
+	if r.KeepLastSealed && n >= sealed {
+		n = sealed - 1
+	}
+	if n <= 0 {
 		return nil
 	}
 	l.logger.Info("logcore: retention removes segments", "dir", l.dir, "segments", n)

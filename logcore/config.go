@@ -69,6 +69,12 @@ type Retention struct {
 	// whole. It goes by record times, not the local clock, so replicas of
 	// a log keep the same segments for it. TruncateBefore ignores it.
 	KeepWithin time.Duration
+	// KeepLastSealed keeps the newest sealed segment, whatever the bounds
+	// above say: the segment a roll fsynced, so that a crash leaves the
+	// log's newest durable records even when its active segment is not
+	// fsynced (SyncNeverUnsafe: a Raft FSM's logs, whose state after a
+	// crash is told by their last records). TruncateBefore ignores it.
+	KeepLastSealed bool
 }
 
 // Config configures a Log. Start from DefaultConfig.

@@ -382,6 +382,16 @@ func TestRetention(t *testing.T) {
 				t.Fatalf("LowestOffset = %d, want every record kept", low)
 			}
 		}},
+		{"max segments 1, keep last sealed", Retention{MaxSegments: 1, KeepLastSealed: true}, func(t *testing.T, l *Log) {
+			if info, _ := l.Info(); info.Segments != 2 {
+				t.Fatalf("%d segments, want the active one and the newest sealed one", info.Segments)
+			}
+		}},
+		{"max bytes 1, keep last sealed", Retention{MaxBytes: 1, KeepLastSealed: true}, func(t *testing.T, l *Log) {
+			if info, _ := l.Info(); info.Segments != 2 {
+				t.Fatalf("%d segments, want the active one and the newest sealed one", info.Segments)
+			}
+		}},
 		{"max age", Retention{MaxAge: time.Hour}, func(t *testing.T, l *Log) {
 			// The first 200 records are two hours old, the rest new.
 			if low := l.LowestOffset(); low == 0 || low > 200 {

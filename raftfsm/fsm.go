@@ -222,7 +222,11 @@ func (f *FSM) logConfig(s LogSettings) logcore.Config {
 	c.Retention = logcore.Retention{MaxBytes: s.RetentionBytes, MaxAge: s.RetentionAgeDuration(), MaxSegments: s.RetentionSegments,
 		// The dedup table is rebuilt from the records of the window
 		// after a restart: retention keeps them.
-		KeepWithin: time.Duration(f.rebuildDedup().Window)}
+		KeepWithin: time.Duration(f.rebuildDedup().Window),
+		// After a crash the log's last records tell which ops it holds
+		// (openLog); the active segment is not fsynced, the newest
+		// sealed one is: retention keeps it.
+		KeepLastSealed: true}
 	return c
 }
 
@@ -250,10 +254,13 @@ var errNoPosition = errors.New("raftfsm: no record of the log carries " + RaftIn
 //
 // An empty log says nothing: its ops are taken to be those of the entry
 // that created it at most, and Raft's replay applies the later ones. That
-// is right unless retention removed every segment holding records that
-// Raft would still replay (records applied after the newest snapshot) and
-// a crash then lost the active segment's; nothing on disk tells that case
-// apart.
+// is right because retention never removes a log's newest sealed segment
+// (logcore.Retention.KeepLastSealed, fsynced when it was sealed): a log
+// that rolled keeps its last records before the roll across a crash, so
+// it is empty only if it never rolled. (Logs whose retention removed every
+// sealed segment before that rule, and whose active segment a crash then
+// lost, replay their history again: nothing on disk tells that case
+// apart.)
 func (f *FSM) openLog(name, dir string, meta logMeta) (*fsmLog, error) {
 	l, err := logcore.Open(filepath.Join(dir, "segments"), f.logConfig(meta.Settings))
 	if err != nil {
