@@ -214,25 +214,46 @@ func checkToken(what, s string) error {
 	return nil
 }
 
-// NewNATSTransport returns a raft.NetworkTransport whose connections run
-// over nc through a NATSStreamLayer. nc stays the caller's: the transport
-// never closes it, and the caller closes it only after closing the
-// transport. Give Raft a NATS connection of its own, so that client traffic
-// cannot delay heartbeats. The node's Raft address is cfg.NodeID.
+// NATSTransport is a raft.NetworkTransport whose connections run over
+// NATS (NewNATSTransport), without pipelined replication.
+//
+// hashicorp/raft v1.8.0's pipeline can deadlock: when its decoding
+// goroutine stops (the follower answered a newer term, or a read failed)
+// while the pipeline holds the most RPCs in flight it allows, the
+// replication goroutine blocks for good handing it the next one, and
+// raft.Shutdown, which waits for it, never returns (seen after repeated
+// leadership transfers: a node's shutdown hung the test binary). Without
+// a pipeline, Raft replicates to each follower one AppendEntries RPC at a
+// time, each carrying every entry ready (up to MaxAppendEntries).
+type NATSTransport struct {
+	*raft.NetworkTransport
+}
+
+// AppendEntriesPipeline reports that pipelining is not supported, so Raft
+// replicates without it.
+func (t *NATSTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
+
+// NewNATSTransport returns a NATSTransport whose connections run over nc
+// through a NATSStreamLayer. nc stays the caller's: the transport never
+// closes it, and the caller closes it only after closing the transport.
+// Give Raft a NATS connection of its own, so that client traffic cannot
+// delay heartbeats. The node's Raft address is cfg.NodeID.
 //
 // Closing the transport (raft.Shutdown does) closes the stream layer and
 // every connection it holds.
-func NewNATSTransport(nc *nats.Conn, cfg TransportConfig) (*raft.NetworkTransport, error) {
+func NewNATSTransport(nc *nats.Conn, cfg TransportConfig) (*NATSTransport, error) {
 	layer, err := NewNATSStreamLayer(nc, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+	return &NATSTransport{raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  layer,
 		MaxPool: cfg.MaxPool,
 		Timeout: cfg.Timeout,
 		Logger:  layer.logger,
-	}), nil
+	})}, nil
 }
 
 // discardLogger is the logger of a transport configured without one.

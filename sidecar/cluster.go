@@ -63,7 +63,7 @@ type clusterNode struct {
 	metrics     *clusterMetrics
 	stable      *raftfsm.StableStore
 	snaps       *raftfsm.SnapshotStore
-	trans       *raft.NetworkTransport
+	trans       *raftfsm.NATSTransport
 
 	announceSubject string
 	leaveSubject    string
