@@ -329,6 +329,11 @@ func (n *clusterNode) create(name string, settings protocol.LogSettings) (protoc
 	if err != nil {
 		return protocol.LogInfo{}, protocol.AsError(err)
 	}
+	if l := n.fsm.Log(name); l != nil && *fsmSettings(l.Config()) != *fsmSettings(cfg) {
+		// As on a single node. (Two creates of one new log with other
+		// settings at once both succeed, with the first one's.)
+		return protocol.LogInfo{}, protocol.Errorf(protocol.ErrLogExists, "log %q exists with other settings", name)
+	}
 	res, aerr := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpCreate, Log: name, Settings: fsmSettings(cfg)})
 	if aerr != nil {
 		return protocol.LogInfo{}, raftError(aerr)
@@ -808,3 +813,18 @@ func (r natsRequest) Data() []byte           { return r.m.Data }
 func (r natsRequest) Headers() micro.Headers { return micro.Headers(r.m.Header) }
 func (r natsRequest) Subject() string        { return r.m.Subject }
 func (r natsRequest) Reply() string          { return r.m.Reply }
+
+// isMember reports whether node id is in this node's latest Raft
+// configuration, as a voter or not.
+func (n *clusterNode) isMember(id string) bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return true // not known: let the leader decide
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == id {
+			return true
+		}
+	}
+	return false
+}

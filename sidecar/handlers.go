@@ -374,6 +374,11 @@ func (s *Server) handleRemove(c *call) {
 	if !ok {
 		return
 	}
+	if !s.cluster.isMember(id) {
+		// A typo must not look like a removal (step-down refuses alike).
+		c.fail(protocol.Errorf(protocol.ErrBadRequest, "remove: %s is not a member of the cluster", id))
+		return
+	}
 	c.goAsync(func() {
 		if err := s.cluster.removeMember(id, 10*time.Second); err != nil {
 			c.fail(protocol.Errorf(protocol.ErrUnavailable, "remove %s: %v", id, err))
