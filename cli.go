@@ -47,7 +47,7 @@ type cliConn struct {
 func (c *cliConn) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.server, "server", nats.DefaultURL, "NATS server URL(s) of the natlog node (also from NATS_URL)")
 	fs.StringVar(&c.prefix, "prefix", protocol.DefaultPrefix, "subject prefix the node serves")
-	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "how long to wait for each reply")
+	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "how long to wait for a reply, retries included (each attempt waits a quarter of it, at least 1s)")
 	fs.BoolVar(&c.json, "json", false, "print JSON, one object per line, for scripts")
 	fs.StringVar(&c.creds, "creds", "", "NATS credentials file")
 	fs.StringVar(&c.user, "user", "", "NATS user")
@@ -88,7 +88,11 @@ func (c *cliConn) connect(subject string) error {
 	if err != nil {
 		return fmt.Errorf("cannot connect to NATS at %s: %v (is \"natlog serve\" running? set --server or NATS_URL)", c.server, err)
 	}
-	cl, err := client.Connect(nc, client.WithPrefix(c.prefix), client.WithRequestTimeout(c.timeout))
+	// An attempt lost with a leader that died takes the time of one
+	// attempt: several fit in --timeout, so the client retries (an append
+	// with its Natlog-Msg-Id) once a new leader is elected.
+	attempt := min(c.timeout, max(c.timeout/4, time.Second))
+	cl, err := client.Connect(nc, client.WithPrefix(c.prefix), client.WithRequestTimeout(attempt))
 	if err != nil {
 		nc.Close()
 		return c.explain(err)
