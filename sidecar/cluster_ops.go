@@ -406,7 +406,7 @@ func (n *clusterNode) info(name string) (protocol.LogInfo, *protocol.Error) {
 		RetentionAgeMs:    in.Retention.MaxAge.Milliseconds(),
 		RetentionSegments: in.Retention.MaxSegments,
 	}
-	li.Created, _ = n.fsm.Created(name)
+	li.Created, li.CreatedIndex, _ = n.fsm.Created(name)
 	if in.Records > 0 {
 		last := in.NextOffset - 1
 		li.LastOffset = &last
