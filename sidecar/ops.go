@@ -276,8 +276,8 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 	if s.cluster != nil {
 		// Taken after the read: the history the reply comes from goes
 		// at least this far (a record of an entry still being applied
-		// may be in it too; its log was created at or below this
-		// index, which is what a reader's next min_index must ensure).
+		// may be in it too, beyond it: a reader that goes on from it
+		// also sends min_offset, as the client's consumer does).
 		rep.Index = s.cluster.fsm.AppliedIndex()
 	}
 	size := protocol.ReadReplyOverhead

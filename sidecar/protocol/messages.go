@@ -111,11 +111,13 @@ type ReadReply struct {
 	// offset the next append will get) when the reply was made.
 	Lowest uint64 `json:"lowest" msgpack:"lowest"`
 	End    uint64 `json:"end" msgpack:"end"`
-	// Index (cluster mode) is the Raft index the replica had applied
-	// when it made the reply (at least that of every record in it): a
-	// MinIndex for the next read, so that a reader that moves to another
-	// replica never goes back in the log's history. 0 (absent) from a
-	// standalone node.
+	// Index (cluster mode) is the Raft index the replica's FSM had
+	// applied when it made the reply, taken after the read: a MinIndex
+	// for the next read, so that a reader that moves to another replica
+	// never reads from an older history of the log. (A record of an entry
+	// still being applied may be in the reply too, beyond Index: a
+	// reader that goes on from it sends MinOffset as well.) 0 (absent)
+	// from a standalone node.
 	Index uint64 `json:"index,omitempty" msgpack:"index,omitempty"`
 }
 
