@@ -266,6 +266,11 @@ func TestClusterAppendIndexAndMinIndexReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantError(t, m, protocol.ErrUnavailable)
+	// The header works on a batch read too (the larger of it and the
+	// body's field counts).
+	body, _ := json.Marshal(map[string]any{"offset": 0, "min_index": 1})
+	m = request(t, nc, "natlog.node.n3.read.orders", body, nats.Header{protocol.HeaderMinIndex: {strconv.FormatUint(future+1000, 10)}})
+	wantError(t, m, protocol.ErrUnavailable)
 	// covered: the records of entries at or below the index.
 	var last protocol.AppendReply
 	covered := br.Last + 1
