@@ -233,12 +233,15 @@ func TestClusterAppendIndexAndMinIndexReads(t *testing.T) {
 		t.Fatalf("batch reply %s: want an index after %d (%v)", m.Data, r.Index, err)
 	}
 	// Every replica answers a read at that index, and says how far it
-	// had applied.
+	// had applied (n3, with its short wait, may first say it is not
+	// there yet).
 	for _, id := range tc.ids() {
-		m, err := readJSON(t, nc, id, "orders", 2, map[string]any{"min_index": br.Index}, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var m *nats.Msg
+		eventually(t, 20*time.Second, id+" answering at index "+strconv.FormatUint(br.Index, 10), func() bool {
+			m = readJSONOK(t, nc, id, "orders", 2, map[string]any{"min_index": br.Index})
+			e := protocol.ReplyError(m.Header, m.Data)
+			return e == nil || e.ErrCode != protocol.CodeUnavailable
+		})
 		if v := oneValue(t, m); v != "b1" {
 			t.Fatalf("%s: %q", id, v)
 		}
@@ -296,20 +299,28 @@ func TestClusterAppendIndexAndMinIndexReads(t *testing.T) {
 	wantError(t, request(t, nc, "natlog.node.n1.read.orders", []byte("0"), nats.Header{protocol.HeaderMinIndex: {"x"}}), protocol.ErrBadRequest)
 
 	// HTTP: the leader's append reply has the index; a read on another
-	// node waits for it.
-	resp, err := http.Post(tc.node(leader).HTTPURL()+"/v1/logs/orders/records", "text/plain", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// node waits for it. (Retried on 409: the leadership may move.)
 	var hr protocol.AppendReply
-	err = json.NewDecoder(resp.Body).Decode(&hr)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || hr.Index <= last.Index {
-		t.Fatalf("HTTP append: %s, %+v, %v: want an index after %d", resp.Status, hr, err, last.Index)
-	}
+	eventually(t, 20*time.Second, "an HTTP append through the leader", func() bool {
+		leader = tc.leader()
+		req, _ := http.NewRequest("POST", tc.node(leader).HTTPURL()+"/v1/logs/orders/records", nil)
+		req.Header.Set(protocol.HeaderMsgID, "http-append")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusConflict {
+			return false
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&hr); err != nil || resp.StatusCode != http.StatusOK || hr.Index <= last.Index {
+			t.Fatalf("HTTP append: %s, %+v, %v: want an index after %d", resp.Status, hr, err, last.Index)
+		}
+		return true
+	})
 	req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/logs/orders/records/%d", tc.node(notNode(leader)).HTTPURL(), hr.Offset), nil)
 	req.Header.Set(protocol.HeaderMinIndex, strconv.FormatUint(hr.Index, 10))
-	resp, err = http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
