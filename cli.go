@@ -220,7 +220,8 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return c.explain(err)
 		}
-		printAppended(stdout, c.json, log, client.AppendResult{First: off, Last: off, Count: 1})
+		// This client made no other append: its last index is this one's.
+		printAppended(stdout, c.json, log, client.AppendResult{First: off, Last: off, Count: 1, Index: c.cl.LastIndex()})
 		return nil
 	}
 	sum := client.AppendResult{}
@@ -234,7 +235,7 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 		if sum.Count == 0 {
 			sum.First = r.First
 		}
-		sum.Last, sum.Count, sum.Duplicate = r.Last, sum.Count+r.Count, r.Duplicate
+		sum.Last, sum.Count, sum.Duplicate, sum.Index = r.Last, sum.Count+r.Count, r.Duplicate, r.Index
 		return nil
 	}
 	if len(values) > 0 {
@@ -264,7 +265,7 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if c.json {
-		rep := protocol.AppendBatchReply{Log: log, First: sum.First, Last: sum.Last, Count: sum.Count, Duplicate: sum.Duplicate}
+		rep := protocol.AppendBatchReply{Log: log, First: sum.First, Last: sum.Last, Count: sum.Count, Duplicate: sum.Duplicate, Index: sum.Index}
 		fmt.Fprintf(stdout, "%s\n", rep.AppendJSON(nil))
 	} else {
 		fmt.Fprintf(stdout, "%s: appended %d records at offsets %d-%d%s\n", log, sum.Count, sum.First, sum.Last, dupNote(sum.Duplicate))
@@ -276,7 +277,7 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 // the node's reply to a single append.
 func printAppended(stdout io.Writer, asJSON bool, log string, r client.AppendResult) {
 	if asJSON {
-		rep := protocol.AppendReply{Log: log, Offset: r.First, Duplicate: r.Duplicate}
+		rep := protocol.AppendReply{Log: log, Offset: r.First, Duplicate: r.Duplicate, Index: r.Index}
 		fmt.Fprintf(stdout, "%s\n", rep.AppendJSON(nil))
 	} else {
 		fmt.Fprintf(stdout, "%s: appended at offset %d%s\n", log, r.First, dupNote(r.Duplicate))
@@ -405,11 +406,12 @@ func printable(v []byte) string {
 }
 
 // fetch reads up to count records (count < 0: all) from off, one batch
-// request at a time, calling fn for each, until the end of the log. It
+// request at a time, calling fn for each, until the end of the log. Each
+// request waits for its replica to have applied minIndex (if not 0). It
 // returns the next offset to read.
-func (c *cliConn) fetch(log string, off uint64, count int, fn func(client.Record)) (uint64, error) {
+func (c *cliConn) fetch(log string, off uint64, count int, minIndex uint64, fn func(client.Record)) (uint64, error) {
 	for count != 0 {
-		fo := client.FetchOptions{Max: 1000}
+		fo := client.FetchOptions{Max: 1000, MinIndex: minIndex}
 		if count > 0 {
 			fo.Max = min(fo.Max, count)
 		}
@@ -439,6 +441,7 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	c.register(fs)
 	count := fs.Int("count", 1, "number of records to read (fewer if the log ends first)")
 	raw := fs.Bool("raw", false, "print only the values, one per line")
+	minIndex := fs.Uint64("min-index", 0, "cluster mode: read from a replica only once it has applied this Raft index (the \"index\" of an append's --json output): read-your-writes")
 	pos, err := c.parse(fs, args, 2, "LOG OFFSET")
 	if err != nil {
 		return err
@@ -456,7 +459,7 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	}
 	defer c.close()
 	p := printer{w: stdout, json: c.json, raw: *raw}
-	if *count == 1 {
+	if *count == 1 && *minIndex == 0 {
 		ctx, cancel := c.context()
 		defer cancel()
 		r, err := c.cl.Read(ctx, log, off)
@@ -467,7 +470,7 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	n := 0
-	next, err := c.fetch(log, off, *count, func(r client.Record) { n++; p.record(log, r) })
+	next, err := c.fetch(log, off, *count, *minIndex, func(r client.Record) { n++; p.record(log, r) })
 	if err != nil {
 		return err
 	}
@@ -522,7 +525,7 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 	p := printer{w: stdout, json: c.json, raw: *raw}
 	if !*follow {
 		c.subject = c.subjects.Read(log)
-		_, err := c.fetch(log, start, -1, func(r client.Record) { p.record(log, r) })
+		_, err := c.fetch(log, start, -1, 0, func(r client.Record) { p.record(log, r) })
 		return err
 	}
 	// Follow until SIGINT or SIGTERM: the consumer long-polls and goes on

@@ -93,8 +93,21 @@ func TestClusterProcessesKill9(t *testing.T) {
 		}
 		return st.AppliedIndex == st.CommitIndex
 	})
+	// natlog append --json says the append's Raft index; natlog read
+	// --min-index reads it back from whichever replica.
+	out, errOut, code := runCLI(t, ns.URL, "", "append", "ryw", "mine", "--json")
+	var ar protocol.AppendReply
+	if code != 0 || json.Unmarshal([]byte(out), &ar) != nil || ar.Index == 0 {
+		t.Fatalf("natlog append --json: exit %d, %q, %q: want an index", code, out, errOut)
+	}
+	for range 3 {
+		out, errOut, code = runCLI(t, ns.URL, "", "read", "ryw", fmt.Sprint(ar.Offset), "--min-index", fmt.Sprint(ar.Index), "--raw")
+		if code != 0 || out != "mine\n" {
+			t.Fatalf("natlog read --min-index %d: exit %d, %q, %q", ar.Index, code, out, errOut)
+		}
+	}
 	// An operator moves the leadership back to the restarted node.
-	if out, errOut, code := runCLI(t, ns.URL, "", "cluster", "step-down", leader); code != 0 || out != leader+" leads the cluster\n" {
+	if out, errOut, code = runCLI(t, ns.URL, "", "cluster", "step-down", leader); code != 0 || out != leader+" leads the cluster\n" {
 		t.Fatalf("natlog cluster step-down %s: exit %d, %q, %q", leader, code, out, errOut)
 	}
 	waitFor(t, 10*time.Second, "the status naming the new leader", func() bool {

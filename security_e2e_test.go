@@ -68,7 +68,8 @@ func TestClusterWithPermissions(t *testing.T) {
 	cli := testnats.CLI(t)
 	app := as("app", "app-pass")
 	out, err := testnats.RunCLI(t, cli, app, "req", "natlog.append.orders", "hello")
-	if err != nil || !strings.Contains(out, `{"log":"orders","offset":0}`) {
+	// In cluster mode the reply also names the append's Raft index.
+	if err != nil || !strings.Contains(out, `{"log":"orders","offset":0,"index":`) {
 		t.Fatalf("nats req natlog.append.orders as app: %v\n%s", err, out)
 	}
 	out, err = testnats.RunCLI(t, cli, app, "req", "natlog.read.orders", "0")

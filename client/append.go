@@ -58,6 +58,13 @@ type AppendResult struct {
 	// Duplicate says the node had seen the append's Natlog-Msg-Id: it
 	// was not written again, and the offsets are the first append's.
 	Duplicate bool
+	// Index is the Raft index of the entry that applied the append (0
+	// from a standalone node): FetchOptions.MinIndex set to it makes any
+	// replica read only once it holds the append, and never from a log
+	// that was deleted before it (which min_offset cannot tell apart
+	// from the log that replaced it). The client also keeps the highest
+	// one it got (LastIndex).
+	Index uint64
 }
 
 // Append appends one record to log and returns its offset, once the node
@@ -65,6 +72,12 @@ type AppendResult struct {
 // quorum in a cluster). It retries through elections and timeouts with
 // the same Natlog-Msg-Id, so a retry never writes the record twice.
 func (c *Client) Append(ctx context.Context, log string, value []byte, opts ...AppendOption) (uint64, error) {
+	r, err := c.appendOne(ctx, log, value, opts...)
+	return r.First, err
+}
+
+// appendOne is Append with the whole result.
+func (c *Client) appendOne(ctx context.Context, log string, value []byte, opts ...AppendOption) (AppendResult, error) {
 	var o appendOpts
 	for _, f := range opts {
 		f(&o)
@@ -75,21 +88,34 @@ func (c *Client) Append(ctx context.Context, log string, value []byte, opts ...A
 	}
 	if hdr.Get(protocol.HeaderContentType) == protocol.ContentTypeMsgpack {
 		// That content type makes the body a batch: send one.
-		r, err := c.AppendBatch(ctx, log, []Record{{Value: value, Headers: o.headers}}, opts...)
-		return r.First, err
+		return c.AppendBatch(ctx, log, []Record{{Value: value, Headers: o.headers}}, opts...)
 	}
 	c.stampHeaders(hdr, &o)
 	msg := &nats.Msg{Subject: c.subjects.Append(log), Data: value, Header: hdr}
 	m, err := c.do(ctx, "append", log, true, 0, func(int) *nats.Msg { return msg })
 	if err != nil {
-		return 0, err
+		return AppendResult{}, err
 	}
 	var rep protocol.AppendReply
 	if err := json.Unmarshal(m.Data, &rep); err != nil {
-		return 0, &Error{Op: "append", Log: log, Err: err, Indefinite: true}
+		return AppendResult{}, &Error{Op: "append", Log: log, Err: err, Indefinite: true}
 	}
-	return rep.Offset, nil
+	c.noteIndex(rep.Index)
+	return AppendResult{First: rep.Offset, Last: rep.Offset, Count: 1, Duplicate: rep.Duplicate, Index: rep.Index}, nil
 }
+
+// noteIndex raises LastIndex to index.
+func (c *Client) noteIndex(index uint64) {
+	for cur := c.lastIndex.Load(); cur < index && !c.lastIndex.CompareAndSwap(cur, index); cur = c.lastIndex.Load() {
+	}
+}
+
+// LastIndex is the highest Raft index of the appends this client has had
+// acknowledged (0 if none, or only by a standalone node). With it as
+// FetchOptions.MinIndex a read sees every one of them, from whichever
+// replica answers: read-your-writes for the whole client, whatever was
+// deleted and created again meanwhile.
+func (c *Client) LastIndex() uint64 { return c.lastIndex.Load() }
 
 // stampHeaders sets an append request's msg id and expected offset.
 func (c *Client) stampHeaders(hdr nats.Header, o *appendOpts) {
@@ -135,7 +161,8 @@ func (c *Client) sendBatch(ctx context.Context, log string, msg *nats.Msg) (Appe
 	if err := json.Unmarshal(m.Data, &rep); err != nil {
 		return AppendResult{}, &Error{Op: "append", Log: log, Err: err, Indefinite: true}
 	}
-	return AppendResult{First: rep.First, Last: rep.Last, Count: rep.Count, Duplicate: rep.Duplicate}, nil
+	c.noteIndex(rep.Index)
+	return AppendResult{First: rep.First, Last: rep.Last, Count: rep.Count, Duplicate: rep.Duplicate, Index: rep.Index}, nil
 }
 
 func encodeBatch(records []Record) []byte {
@@ -158,6 +185,7 @@ func encodeBatch(records []Record) []byte {
 type AppendFuture struct {
 	done   chan struct{}
 	offset uint64
+	index  uint64
 	err    error
 }
 
@@ -166,6 +194,11 @@ func (f *AppendFuture) Done() <-chan struct{} { return f.done }
 
 // Offset is the record's offset; valid once Done is closed and Err is nil.
 func (f *AppendFuture) Offset() uint64 { <-f.done; return f.offset }
+
+// Index is the Raft index of the entry that applied the record's batch
+// (see AppendResult.Index; 0 from a standalone node); valid once Done is
+// closed and Err is nil.
+func (f *AppendFuture) Index() uint64 { <-f.done; return f.index }
 
 // Err is the append's error; valid once Done is closed.
 func (f *AppendFuture) Err() error { <-f.done; return f.err }
@@ -428,18 +461,16 @@ func (p *producer) send(batch []pending) {
 	c := p.c
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.asyncTimeout)
 	defer cancel()
-	var first uint64
+	var r AppendResult
 	var err error
 	if len(batch) == 1 && batch[0].rec.Headers.Get(protocol.HeaderContentType) != protocol.ContentTypeMsgpack {
-		first, err = c.Append(ctx, p.log, batch[0].rec.Value, WithHeaders(batch[0].rec.Headers))
+		r, err = c.appendOne(ctx, p.log, batch[0].rec.Value, WithHeaders(batch[0].rec.Headers))
 	} else {
 		recs := make([]Record, len(batch))
 		for i := range batch {
 			recs[i] = batch[i].rec
 		}
-		var r AppendResult
 		r, err = c.AppendBatch(ctx, p.log, recs)
-		first = r.First
 		if err == nil && r.Count != len(batch) {
 			// first+i would name records of another append (a
 			// duplicate of an older batch with the same id).
@@ -458,7 +489,7 @@ func (p *producer) send(batch []pending) {
 		if err != nil {
 			f.err = err
 		} else {
-			f.offset = first + uint64(i)
+			f.offset, f.index = r.First+uint64(i), r.Index
 		}
 		close(f.done)
 		<-c.window

@@ -167,6 +167,9 @@ type Client struct {
 	subjects protocol.Subjects
 	producer string
 	seq      atomic.Uint64
+	// lastIndex is the highest Raft index of an acknowledged append
+	// (LastIndex).
+	lastIndex atomic.Uint64
 
 	mu       sync.Mutex
 	view     view

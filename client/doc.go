@@ -28,6 +28,20 @@
 // or indefinite (IsIndefinite: some attempt may have been written; retry
 // WithMsgID to be sure).
 //
+// Read-your-writes. A replica answers from what it has applied, which may
+// be behind the leader. In a cluster every append result carries the Raft
+// index of its entry (AppendResult.Index, AppendFuture.Index), and the
+// client keeps the highest (LastIndex). A Fetch with that index as
+// FetchOptions.MinIndex is answered, by whichever replica, only once that
+// replica holds the append:
+//
+//	r, err := c.AppendBatch(ctx, "orders", recs)
+//	b, err := c.Fetch(ctx, "orders", r.First, client.FetchOptions{MinIndex: r.Index})
+//
+// An offset cannot do this (FetchOptions.MinOffset): a replica that has
+// not yet seen the log deleted and created again holds the old log, whose
+// offsets may reach it. Read does not wait for an index.
+//
 // Batching. AppendAsync queues records and sends each log's queue as
 // batches, one request in flight per log, so that a busy producer pays one
 // round trip and one fsync per batch, and the records of one client keep
@@ -37,7 +51,8 @@
 // a starting offset or time in order, long-polling at the end of the log,
 // and goes on through failures from the offset after the last record it
 // delivered: a replica that is behind waits until it holds that offset
-// (the read request's min_offset), so nothing is skipped or repeated.
+// (the read request's min_offset) and the history its earlier replies
+// came from (min_index), so nothing is skipped or repeated.
 //
 // The package imports nothing of the server but the wire types in
 // sidecar/protocol.

@@ -120,8 +120,19 @@ type FetchOptions struct {
 	// the log's end (long polling); 0 answers at once.
 	Wait time.Duration
 	// MinOffset, if set, makes the replica wait until it holds this
-	// offset before reading (read-your-writes).
+	// offset before reading (read-your-writes). A replica that has not
+	// yet seen the log deleted and created again takes the old log's
+	// offset for it: MinIndex does not.
 	MinOffset *uint64
+	// MinIndex, if not 0, makes the replica wait until it has applied
+	// the Raft log up to this index before reading: an
+	// AppendResult.Index (or LastIndex, or a Batch.Index) names a point
+	// in the cluster's history, and the read sees everything up to it
+	// (read-your-writes that survives a delete and re-create of the
+	// log). A replica that does not get there within the node's max read
+	// wait answers ErrUnavailable, which is retried. A standalone node
+	// ignores it.
+	MinIndex uint64
 	// Linearizable makes the read see every append acknowledged before
 	// it began (a round trip to the leader).
 	Linearizable bool
@@ -136,6 +147,10 @@ type Batch struct {
 	// Next is the offset to read next; Lowest and End the log's first
 	// offset and end (next append's offset) as the replica saw them.
 	Next, Lowest, End uint64
+	// Index is the Raft index the replica had applied when it answered
+	// (0 from a standalone node): as the next read's MinIndex it keeps a
+	// reader that moves to another replica from going back in history.
+	Index uint64
 }
 
 // Fetch reads records of log from offset, from a replica the client
@@ -144,7 +159,7 @@ type Batch struct {
 // linearizably).
 func (c *Client) Fetch(ctx context.Context, log string, offset uint64, fo FetchOptions) (Batch, error) {
 	req := protocol.ReadRequest{Offset: offset, Max: fo.Max, MaxBytes: fo.MaxBytes,
-		WaitMs: fo.Wait.Milliseconds(), MinOffset: fo.MinOffset, Linearizable: fo.Linearizable}
+		WaitMs: fo.Wait.Milliseconds(), MinOffset: fo.MinOffset, MinIndex: fo.MinIndex, Linearizable: fo.Linearizable}
 	if !fo.StartTime.IsZero() {
 		t := fo.StartTime.UnixNano()
 		req.StartTime = &t
@@ -169,7 +184,7 @@ func (c *Client) Fetch(ctx context.Context, log string, offset uint64, fo FetchO
 	if err != nil {
 		return Batch{}, &Error{Op: "fetch", Log: log, Err: err}
 	}
-	b := Batch{Records: make([]Record, len(rep.Records)), Next: rep.Next, Lowest: rep.Lowest, End: rep.End}
+	b := Batch{Records: make([]Record, len(rep.Records)), Next: rep.Next, Lowest: rep.Lowest, End: rep.End, Index: rep.Index}
 	for i, r := range rep.Records {
 		b.Records[i] = Record{Offset: r.Offset, Time: r.Time, Headers: nats.Header(r.Headers), Value: r.Value}
 	}
@@ -242,12 +257,19 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 		b   Batch
 		err error
 	}
+	// index is the highest Raft index a reply said its replica had
+	// applied (0: none yet, or a standalone node).
+	var index uint64
 	fetch := func(off uint64) <-chan fetched {
-		fo := FetchOptions{Max: o.batch, Wait: o.wait}
+		fo := FetchOptions{Max: o.batch, Wait: o.wait, MinIndex: index}
 		if off > 0 {
 			// A replica must hold everything before off: one that is
 			// behind (after a failover, say) waits to catch up
-			// instead of answering "out of range".
+			// instead of answering "out of range". With MinIndex it
+			// also waits until it has the history the records
+			// delivered came from: one that has not seen the log
+			// deleted and created again would otherwise hold the
+			// old log's offsets and answer from it.
 			mo := off - 1
 			fo.MinOffset = &mo
 		}
@@ -283,7 +305,7 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 		case !o.fromTime.IsZero():
 			b, err := c.Fetch(ctx, log, 0, FetchOptions{Max: 1, StartTime: o.fromTime})
 			if err == nil {
-				next, started = b.Next-uint64(len(b.Records)), true
+				next, started, index = b.Next-uint64(len(b.Records)), true, b.Index
 				continue
 			}
 			if retry, _ := outcome(err); !retry && !errors.Is(err, protocol.ErrUnknownLog) && !IsIndefinite(err) {
@@ -299,7 +321,7 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 				// appended before Consume was called is delivered.
 				var b Batch
 				if b, err = c.Fetch(ctx, log, info.NextOffset, FetchOptions{Max: 1, Linearizable: true}); err == nil {
-					next, started = b.End, true
+					next, started, index = b.End, true, b.Index
 					continue
 				}
 			} else if err == nil {
@@ -368,6 +390,7 @@ func (c *Client) Consume(ctx context.Context, log string, fn func(Record) error,
 		}
 		backoff = c.opts.backoffMin
 		b := r.b
+		index = max(index, b.Index)
 		if len(b.Records) > 0 && b.Records[0].Offset != next {
 			return &Error{Op: "consume", Log: log, Err: fmt.Errorf("got offset %d, want %d", b.Records[0].Offset, next)}
 		}

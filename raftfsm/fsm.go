@@ -1,6 +1,7 @@
 package raftfsm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,8 +77,14 @@ type FSM struct {
 	// applied is the Raft index of the last command applied (or
 	// restored from a snapshot). raft.Raft's AppliedIndex is not it: Raft
 	// raises that when it hands entries to the FSM, before they are
-	// applied.
+	// applied. Raised only through setApplied, which wakes WaitApplied.
 	applied atomic.Uint64
+	// appliedWaiters counts the goroutines in WaitApplied; while there are
+	// any, setApplied closes appliedCh (guarded by appliedMu) and makes a
+	// new one, waking them all, as logcore.Log.Wait does for records.
+	appliedWaiters atomic.Int32
+	appliedMu      sync.Mutex
+	appliedCh      chan struct{}
 	// covered is the applied index (of a snapshot Persist wrote or
 	// Restore installed) that the logs on disk are known to hold, from
 	// Dir/covered; see Covers.
@@ -137,7 +144,7 @@ func OpenFSM(cfg FSMConfig) (*FSM, error) {
 	if cfg.DedupMax <= 0 {
 		cfg.DedupMax = 100_000
 	}
-	f := &FSM{cfg: cfg, fs: cfg.Log.FS, logs: map[string]*fsmLog{}, failed: map[string]error{}}
+	f := &FSM{cfg: cfg, fs: cfg.Log.FS, logs: map[string]*fsmLog{}, failed: map[string]error{}, appliedCh: make(chan struct{})}
 	if err := f.fs.MkdirAll(f.path("logs"), 0o755); err != nil {
 		return nil, err
 	}
@@ -346,7 +353,7 @@ func (f *FSM) Apply(entry *raft.Log) any {
 		}
 		return results
 	}
-	defer f.applied.Store(entry.Index)
+	defer f.setApplied(entry.Index)
 	if err != nil {
 		f.cfg.Logger.Error("raftfsm: undecodable entry", "index", entry.Index, "err", err)
 		return err
@@ -665,6 +672,51 @@ func (f *FSM) Log(name string) *logcore.Log {
 // holds its effects.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
+// setApplied sets AppliedIndex to index and wakes the goroutines in
+// WaitApplied. (A restore may set it lower than it was: a snapshot older
+// than what a failed restore had left is still the state; waiters then
+// wait for the commands after it.)
+func (f *FSM) setApplied(index uint64) {
+	f.applied.Store(index)
+	f.notifyApplied()
+}
+
+// notifyApplied wakes the goroutines in WaitApplied, if any.
+func (f *FSM) notifyApplied() {
+	if f.appliedWaiters.Load() > 0 {
+		f.appliedMu.Lock()
+		close(f.appliedCh)
+		f.appliedCh = make(chan struct{})
+		f.appliedMu.Unlock()
+	}
+}
+
+// WaitApplied blocks until AppliedIndex is at least index (nil) or ctx is
+// done (ctx.Err()). It wakes when AppliedIndex changes, not on a timer:
+// reads that must see a point of the replicated history (a Raft index an
+// append reply named) wait with it. It does not end when the FSM is
+// closed; ctx bounds it. Safe for concurrent use.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	f.appliedWaiters.Add(1)
+	defer f.appliedWaiters.Add(-1)
+	for {
+		// The channel is taken before the index is read: a change
+		// after the read closes this channel (setApplied stores, then
+		// sees the waiter).
+		f.appliedMu.Lock()
+		ch := f.appliedCh
+		f.appliedMu.Unlock()
+		if f.applied.Load() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Covers reports whether the logs on disk are known to hold the state of a
 // snapshot whose applied index (SnapshotApplied) is applied: the FSM wrote
 // such a snapshot, or finished restoring one. A node whose newest Raft
@@ -719,21 +771,27 @@ func (f *FSM) loadCovered() error {
 func (f *FSM) StartedFrom(index uint64) {
 	for {
 		cur := f.applied.Load()
-		if cur >= index || f.applied.CompareAndSwap(cur, index) {
+		if cur >= index {
+			return
+		}
+		if f.applied.CompareAndSwap(cur, index) {
+			f.notifyApplied()
 			return
 		}
 	}
 }
 
 // Created returns when the named log was created (Unix nanoseconds; 0 if
-// not known: logs created before this was kept), and whether it exists.
-func (f *FSM) Created(name string) (int64, bool) {
+// not known: logs created before this was kept), the Raft index of the
+// entry that created it (which tells it from an older log of the same
+// name), and whether it exists.
+func (f *FSM) Created(name string) (at int64, index uint64, ok bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if fl := f.logs[name]; fl != nil {
-		return fl.meta.CreatedTime, true
+		return fl.meta.CreatedTime, fl.meta.Created, true
 	}
-	return 0, false
+	return 0, 0, false
 }
 
 // Logs returns the names of the logs, sorted.

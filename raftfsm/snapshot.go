@@ -278,7 +278,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.broken = nil
 	f.mu.Unlock()
-	f.applied.Store(hdr.Applied)
+	f.setApplied(hdr.Applied)
 	if err := f.setCovered(hdr.Applied, true); err != nil {
 		return fmt.Errorf("raftfsm: restore: %w", err)
 	}

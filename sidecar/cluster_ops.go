@@ -41,12 +41,14 @@ type proposal struct {
 }
 
 type proposalResult struct {
-	res raftfsm.Result
-	err error // the entry's failure (raft's), not the op's
+	res   raftfsm.Result
+	index uint64 // the entry's Raft index, if it was applied
+	err   error  // the entry's failure (raft's), not the op's
 }
 
-// propose submits op and waits for its outcome.
-func (a *applier) propose(op raftfsm.Op) (raftfsm.Result, error) {
+// propose submits op and waits for its outcome: the op's result and the
+// Raft index of the entry that applied it.
+func (a *applier) propose(op raftfsm.Op) (raftfsm.Result, uint64, error) {
 	size := 64
 	for i := range op.Records {
 		size += len(op.Records[i].Value) + 16
@@ -66,7 +68,7 @@ func (a *applier) propose(op raftfsm.Op) (raftfsm.Result, error) {
 		a.mu.Unlock()
 	}
 	r := <-p.done
-	return r.res, r.err
+	return r.res, r.index, r.err
 }
 
 // take removes the next entry's proposals from pending; a.mu held.
@@ -162,7 +164,7 @@ func (a *applier) apply(batch []*proposal) {
 			r.First += uint64(where[i].at)
 			r.Count = len(p.op.Records)
 		}
-		p.done <- proposalResult{res: r}
+		p.done <- proposalResult{res: r, index: f.Index()}
 	}
 }
 
@@ -271,7 +273,7 @@ func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (
 	if size, seg := raftfsm.AppendBytes(&op), n.segmentBytes(name, op.Settings); size > seg {
 		return appendResult{}, protocol.Errorf(protocol.ErrPayloadTooLarge, "the %d records take %d bytes on disk, more than log %q's segments of %d bytes: send them in smaller appends", len(recs), size, name, seg)
 	}
-	res, err := n.applier.propose(op)
+	res, index, err := n.applier.propose(op)
 	if err != nil {
 		return appendResult{}, raftError(err)
 	}
@@ -281,7 +283,7 @@ func (n *clusterNode) append(name string, recs []logcore.Record, o appendOpts) (
 		}
 		return appendResult{}, resultError(name, res.Err)
 	}
-	return appendResult{first: res.First, count: len(recs), duplicate: res.Duplicate}, nil
+	return appendResult{first: res.First, count: len(recs), duplicate: res.Duplicate, index: index}, nil
 }
 
 // failedHere answers an append that Raft committed but this node's copy of
@@ -334,7 +336,7 @@ func (n *clusterNode) create(name string, settings protocol.LogSettings) (protoc
 		// settings at once both succeed, with the first one's.)
 		return protocol.LogInfo{}, protocol.Errorf(protocol.ErrLogExists, "log %q exists with other settings", name)
 	}
-	res, aerr := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpCreate, Log: name, Settings: fsmSettings(cfg)})
+	res, _, aerr := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpCreate, Log: name, Settings: fsmSettings(cfg)})
 	if aerr != nil {
 		return protocol.LogInfo{}, raftError(aerr)
 	}
@@ -349,14 +351,14 @@ func (n *clusterNode) deleteLog(name string) (protocol.DeleteReply, *protocol.Er
 	if n.fsm.Log(name) == nil {
 		return protocol.DeleteReply{}, protocol.Errorf(protocol.ErrUnknownLog, "unknown log %q", name)
 	}
-	res, err := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpDelete, Log: name})
+	res, index, err := n.applier.propose(raftfsm.Op{Kind: raftfsm.OpDelete, Log: name})
 	if err != nil {
 		return protocol.DeleteReply{}, raftError(err)
 	}
 	if res.Err != nil {
 		return protocol.DeleteReply{}, resultError(name, res.Err)
 	}
-	return protocol.DeleteReply{Log: name, Deleted: true}, nil
+	return protocol.DeleteReply{Log: name, Deleted: true, Index: index}, nil
 }
 
 // fsmLog is a replica's log as reads see it.
@@ -411,7 +413,7 @@ func (n *clusterNode) info(name string) (protocol.LogInfo, *protocol.Error) {
 		RetentionAgeMs:    in.Retention.MaxAge.Milliseconds(),
 		RetentionSegments: in.Retention.MaxSegments,
 	}
-	li.Created, _ = n.fsm.Created(name)
+	li.Created, li.CreatedIndex, _ = n.fsm.Created(name)
 	if in.Records > 0 {
 		last := in.NextOffset - 1
 		li.LastOffset = &last
@@ -433,16 +435,20 @@ func (n *clusterNode) listLogs() protocol.LogsReply {
 	return rep
 }
 
-// catchUp makes a read wait (up to wait) until this replica holds the
-// record at minOffset of log name, and, if linearizable, until it has
-// applied what the leader had committed when the read began.
-func (n *clusterNode) catchUp(ctx context.Context, name string, minOffset *uint64, linearizable bool, wait time.Duration) *protocol.Error {
+// catchUp makes a read wait (up to wait) until this replica has applied
+// what the leader had committed when the read began (if linearizable),
+// then the Raft log up to minIndex (if not 0), then until it holds the
+// record at minOffset of log name (if not nil).
+func (n *clusterNode) catchUp(ctx context.Context, name string, minOffset *uint64, minIndex uint64, linearizable bool, wait time.Duration) *protocol.Error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	if linearizable {
 		if perr := n.linearize(ctx); perr != nil {
 			return perr
 		}
+	}
+	if minIndex != 0 && !n.waitIndex(ctx, minIndex) {
+		return protocol.Errorf(protocol.ErrUnavailable, "this replica has not applied index %d yet; retry", minIndex)
 	}
 	if minOffset == nil {
 		return nil
@@ -464,6 +470,45 @@ func (n *clusterNode) catchUp(ctx context.Context, name string, minOffset *uint6
 		case <-ctx.Done():
 			return protocol.Errorf(protocol.ErrUnavailable, "this replica does not hold offset %d of log %q yet; retry", *minOffset, name)
 		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// waitIndex waits until this replica's FSM holds every command up to Raft
+// index idx (an index an append or read reply named), or ctx ends; it
+// reports whether it got there. It wakes when the FSM applies an entry
+// (raftfsm.FSM.WaitApplied), not on a timer. idx may be an entry that
+// never reaches the FSM (a barrier, a no-op, a configuration, or the
+// index of a snapshot): once Raft has handed it over, the newest command
+// at or below it decides (lastCommand). A replica that reaches idx only
+// through such entries, with no command after them to wake the wait, is
+// seen to be there when ctx ends (it looks once more), at the latest.
+func (n *clusterNode) waitIndex(ctx context.Context, idx uint64) bool {
+	// reached reports whether the FSM holds idx, or else the applied
+	// index to wait for next.
+	reached := func() (bool, uint64) {
+		applied := n.fsm.AppliedIndex()
+		if applied >= idx {
+			return true, 0
+		}
+		if n.raft.AppliedIndex() >= idx {
+			cmd := n.lastCommand(idx)
+			return applied >= cmd, cmd
+		}
+		return false, applied + 1 // any progress: look again
+	}
+	for {
+		ok, next := reached()
+		if !ok && n.fsm.WaitApplied(ctx, next) != nil {
+			ok, _ = reached()
+			if !ok {
+				return false
+			}
+		}
+		if ok {
+			for cur := n.covered.Load(); cur < idx && !n.covered.CompareAndSwap(cur, idx); cur = n.covered.Load() {
+			}
+			return true
 		}
 	}
 }

@@ -205,10 +205,10 @@ func (s *Server) replyAppend(c *call, name string, res appendResult, perr *proto
 		return
 	}
 	if c.op == opAppend {
-		r := protocol.AppendReply{Log: name, Offset: res.first, Duplicate: res.duplicate}
+		r := protocol.AppendReply{Log: name, Offset: res.first, Duplicate: res.duplicate, Index: res.index}
 		c.reply(r.AppendJSON(c.buf[:0]), nil)
 		return
 	}
-	r := protocol.AppendBatchReply{Log: name, First: res.first, Last: res.first + uint64(res.count) - 1, Count: res.count, Duplicate: res.duplicate}
+	r := protocol.AppendBatchReply{Log: name, First: res.first, Last: res.first + uint64(res.count) - 1, Count: res.count, Duplicate: res.duplicate, Index: res.index}
 	c.reply(r.AppendJSON(c.buf[:0]), nil)
 }

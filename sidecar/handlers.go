@@ -138,6 +138,20 @@ func parseAppendHeaders(h nats.Header) (appendOpts, *protocol.Error) {
 	return o, nil
 }
 
+// parseMinIndex reads a read request's Natlog-Min-Index header (0 if it
+// has none).
+func parseMinIndex(h map[string][]string) (uint64, *protocol.Error) {
+	v, ok := h[protocol.HeaderMinIndex]
+	if !ok {
+		return 0, nil
+	}
+	idx, err := strconv.ParseUint(strings.TrimSpace(first(v)), 10, 64)
+	if err != nil || len(v) != 1 {
+		return 0, protocol.Errorf(protocol.ErrBadRequest, "bad %s header %q: want one decimal Raft index", protocol.HeaderMinIndex, strings.Join(v, ", "))
+	}
+	return idx, nil
+}
+
 func first(v []string) string {
 	if len(v) == 0 {
 		return ""
@@ -205,9 +219,15 @@ func (s *Server) handleRead(c *call) {
 		c.fail(err)
 		return
 	}
+	minIndex, perr := parseMinIndex(h)
+	if perr != nil {
+		c.fail(perr)
+		return
+	}
+	req.MinIndex = max(req.MinIndex, minIndex)
 	if single {
 		c.goAsync(func() {
-			rec, perr := s.readOne(name, req.Offset)
+			rec, perr := s.readOne(s.stopCtx, name, req.Offset, req.MinIndex)
 			if perr != nil {
 				c.fail(perr)
 				return

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,7 +163,7 @@ func (s *Server) httpAppendErr(w http.ResponseWriter, r *http.Request) *protocol
 	if perr != nil {
 		return perr
 	}
-	writeJSON(w, http.StatusOK, protocol.AppendReply{Log: name, Offset: res.first, Duplicate: res.duplicate})
+	writeJSON(w, http.StatusOK, protocol.AppendReply{Log: name, Offset: res.first, Duplicate: res.duplicate, Index: res.index})
 	return nil
 }
 
@@ -196,7 +197,16 @@ func (s *Server) httpReadErr(w http.ResponseWriter, r *http.Request) *protocol.E
 	if err != nil {
 		return protocol.Errorf(protocol.ErrBadRequest, "bad offset %q: want a decimal offset", r.PathValue("offset"))
 	}
-	rec, perr := s.readOne(name, off)
+	minIndex, perr := parseMinIndex(r.Header)
+	if perr != nil {
+		return perr
+	}
+	// A wait for min_index ends with the request or the node.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := context.AfterFunc(s.stopCtx, cancel)
+	defer stop()
+	rec, perr := s.readOne(ctx, name, off, minIndex)
 	if perr != nil {
 		return perr
 	}

@@ -28,6 +28,9 @@ type appendResult struct {
 	first     uint64
 	count     int
 	duplicate bool // a retry of an earlier append: nothing was written
+	// index is the Raft index of the entry that applied the append
+	// (cluster mode; 0 on a standalone node).
+	index uint64
 }
 
 // maxMsgIDLen bounds a Natlog-Msg-Id.
@@ -184,8 +187,15 @@ func (s *Server) lookupRead(name string) (readable, *protocol.Error) {
 	return e, nil
 }
 
-// readOne returns the record at off.
-func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Error) {
+// readOne returns the record at off, once this replica has applied the
+// Raft log up to minIndex (cluster mode; see catchUp), waiting up to the
+// node's max read wait.
+func (s *Server) readOne(ctx context.Context, name string, off, minIndex uint64) (logcore.Record, *protocol.Error) {
+	if minIndex != 0 && s.cluster != nil {
+		if perr := s.cluster.catchUp(ctx, name, nil, minIndex, false, s.cfg.MaxReadWait); perr != nil {
+			return logcore.Record{}, perr
+		}
+	}
 	e, perr := s.lookupRead(name)
 	if perr != nil {
 		return logcore.Record{}, perr
@@ -206,10 +216,11 @@ func (s *Server) readOne(name string, off uint64) (logcore.Record, *protocol.Err
 // The records alias *scratch, which the read may replace with a larger
 // buffer; the caller owns it again once done with the reply.
 func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRequest, budget int, release func(), scratch *[]byte) (protocol.ReadReply, *protocol.Error) {
-	if req.MinOffset != nil || req.Linearizable {
+	if req.MinOffset != nil || req.MinIndex != 0 || req.Linearizable {
 		if s.cluster == nil {
-			// A single node has applied everything it acknowledged.
-		} else if perr := s.cluster.catchUp(ctx, name, req.MinOffset, req.Linearizable, s.cfg.MaxReadWait); perr != nil {
+			// A single node has applied everything it acknowledged
+			// (and gives out no Raft indexes).
+		} else if perr := s.cluster.catchUp(ctx, name, req.MinOffset, req.MinIndex, req.Linearizable, s.cfg.MaxReadWait); perr != nil {
 			return protocol.ReadReply{}, perr
 		}
 	}
@@ -261,6 +272,13 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 		Next:    req.Offset,
 		Lowest:  log.LowestOffset(),
 		End:     log.NextOffset(),
+	}
+	if s.cluster != nil {
+		// Taken after the read: the history the reply comes from goes
+		// at least this far (a record of an entry still being applied
+		// may be in it too, beyond it: a reader that goes on from it
+		// also sends min_offset, as the client's consumer does).
+		rep.Index = s.cluster.fsm.AppliedIndex()
 	}
 	size := protocol.ReadReplyOverhead
 	for i := range recs {

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -42,6 +43,10 @@ func FuzzParseReadBody(f *testing.F) {
 	f.Add([]byte(`{"offset":1,"max":2,"max_bytes":3,"wait_ms":4}`), false)
 	r := ReadRequest{Offset: 9, Max: 1}
 	f.Add(r.AppendMsgpack(nil), true)
+	mo := uint64(3)
+	r = ReadRequest{Offset: 9, MinOffset: &mo, MinIndex: 12, Linearizable: true}
+	f.Add(r.AppendMsgpack(nil), true)
+	f.Add([]byte(`{"offset":1,"min_offset":0,"min_index":5}`), false)
 	f.Fuzz(func(t *testing.T, body []byte, isMsgpack bool) {
 		ct := ""
 		if isMsgpack {
@@ -58,7 +63,7 @@ func FuzzParseReadBody(f *testing.F) {
 			t.Fatalf("accepted negative limits: %+v", req)
 		}
 		back, err := DecodeReadRequest(req.AppendMsgpack(nil))
-		if err != nil || back != req {
+		if err != nil || !reflect.DeepEqual(back, req) {
 			t.Fatalf("round trip: %+v, %v; want %+v", back, err, req)
 		}
 	})
@@ -66,6 +71,8 @@ func FuzzParseReadBody(f *testing.F) {
 
 func FuzzDecodeReadReply(f *testing.F) {
 	rep := ReadReply{Log: "x", Records: []Record{{Offset: 1, Time: 2, Value: []byte("v"), Headers: Headers{"a": {"b"}}}}, Next: 2, End: 2}
+	f.Add(rep.AppendMsgpack(nil))
+	rep.Index = 9
 	f.Add(rep.AppendMsgpack(nil))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		got, err := DecodeReadReply(body)

@@ -25,6 +25,13 @@ const (
 	// only if the log's next offset equals this decimal value, and answered
 	// with ErrExpectedOffset (409) otherwise. Not stored.
 	HeaderExpectedOffset = "Natlog-Expected-Offset"
+	// HeaderMinIndex on a read request (cluster mode) is a Raft index in
+	// decimal, as an append reply's "index" gives it: the replica answers
+	// only once it has applied the Raft log that far (see
+	// ReadRequest.MinIndex). It is how a single-record read, whose body
+	// is only an offset, asks for read-your-writes; a batch read may give
+	// it too (the larger of it and the body's min_index counts).
+	HeaderMinIndex = "Natlog-Min-Index"
 
 	// HeaderStatus is set on every error reply: the status code in
 	// decimal (400, 404, 409, 413 or 500), as JetStream does.

@@ -34,6 +34,12 @@ type AppendReply struct {
 	// had already seen: nothing was written and Offset is the first
 	// append's.
 	Duplicate bool `json:"duplicate,omitempty" msgpack:"duplicate,omitempty"`
+	// Index (cluster mode) is the Raft index of the entry that applied
+	// the append (for a duplicate: the retry's entry, which comes after
+	// the first append's). A read with ReadRequest.MinIndex set to it sees
+	// the append on any replica, and nothing older than it. 0 (absent)
+	// from a standalone node.
+	Index uint64 `json:"index,omitempty" msgpack:"index,omitempty"`
 }
 
 // AppendBatchReply answers a batch append (JSON):
@@ -44,6 +50,8 @@ type AppendBatchReply struct {
 	Last      uint64 `json:"last" msgpack:"last"`
 	Count     int    `json:"count" msgpack:"count"`
 	Duplicate bool   `json:"duplicate,omitempty" msgpack:"duplicate,omitempty"`
+	// Index is as in AppendReply.
+	Index uint64 `json:"index,omitempty" msgpack:"index,omitempty"`
 }
 
 // ReadRequest is the JSON or msgpack body of a batch read: records from
@@ -62,6 +70,16 @@ type ReadRequest struct {
 	// it reads: read-your-writes for a client that appended it. A replica
 	// that does not get there in time answers ErrUnavailable.
 	MinOffset *uint64 `json:"min_offset,omitempty" msgpack:"min_offset,omitempty"`
+	// MinIndex (cluster mode), if not 0, makes a replica wait (up to the
+	// node's max read wait) until it has applied the Raft log up to
+	// MinIndex before it reads: an Index from an append reply (or a read
+	// reply) names a point in the replicated history, so the read sees
+	// that append, and no log that was deleted before it, whatever
+	// happened to the log's name meanwhile. MinOffset cannot tell a log
+	// from an older one of the same name. A replica that does not get
+	// there in time answers ErrUnavailable. A standalone node has no
+	// Raft log and ignores it.
+	MinIndex uint64 `json:"min_index,omitempty" msgpack:"min_index,omitempty"`
 	// Linearizable (cluster mode) makes the replica confirm with the
 	// leader (a Raft barrier on the leader, the leader's commit index
 	// elsewhere) that it has applied everything committed before the read
@@ -93,6 +111,14 @@ type ReadReply struct {
 	// offset the next append will get) when the reply was made.
 	Lowest uint64 `json:"lowest" msgpack:"lowest"`
 	End    uint64 `json:"end" msgpack:"end"`
+	// Index (cluster mode) is the Raft index the replica's FSM had
+	// applied when it made the reply, taken after the read: a MinIndex
+	// for the next read, so that a reader that moves to another replica
+	// never reads from an older history of the log. (A record of an entry
+	// still being applied may be in the reply too, beyond Index: a
+	// reader that goes on from it sends MinOffset as well.) 0 (absent)
+	// from a standalone node.
+	Index uint64 `json:"index,omitempty" msgpack:"index,omitempty"`
 }
 
 // LogSettings are a log's own settings, given when it is created with the
@@ -131,6 +157,12 @@ type LogInfo struct {
 	Settings LogSettings `json:"settings"`
 	// Created is when the log was created, Unix nanoseconds.
 	Created int64 `json:"created"`
+	// CreatedIndex (cluster mode) is the Raft index of the entry that
+	// created the log (a create, or its first append): it tells this log
+	// from an older one of the same name (deleted and created again),
+	// and as a ReadRequest.MinIndex it makes a replica wait until it
+	// holds this log. Absent from a standalone node.
+	CreatedIndex uint64 `json:"created_index,omitempty"`
 	// Error is set (and the other fields are zero) for a log that failed
 	// to open and is out of service: why.
 	Error string `json:"error,omitempty"`
@@ -145,6 +177,9 @@ type LogsReply struct {
 type DeleteReply struct {
 	Log     string `json:"log"`
 	Deleted bool   `json:"deleted"`
+	// Index (cluster mode) is the Raft index of the delete: a read with
+	// it as ReadRequest.MinIndex no longer finds the deleted log.
+	Index uint64 `json:"index,omitempty"`
 }
 
 // Peer is one member of the cluster in ClusterStatus.
@@ -192,6 +227,10 @@ func (r *AppendReply) AppendJSON(b []byte) []byte {
 	if r.Duplicate {
 		b = append(b, `,"duplicate":true`...)
 	}
+	if r.Index != 0 {
+		b = append(b, `,"index":`...)
+		b = strconv.AppendUint(b, r.Index, 10)
+	}
 	return append(b, '}')
 }
 
@@ -207,6 +246,10 @@ func (r *AppendBatchReply) AppendJSON(b []byte) []byte {
 	b = strconv.AppendInt(b, int64(r.Count), 10)
 	if r.Duplicate {
 		b = append(b, `,"duplicate":true`...)
+	}
+	if r.Index != 0 {
+		b = append(b, `,"index":`...)
+		b = strconv.AppendUint(b, r.Index, 10)
 	}
 	return append(b, '}')
 }
@@ -304,8 +347,8 @@ func decodeAppendRecord(r *reader, rec *AppendRecord) error {
 	return nil
 }
 
-// AppendMsgpack appends r's msgpack encoding: a map with the non-zero
-// fields among "offset" (always), "max", "max_bytes", "wait_ms".
+// AppendMsgpack appends r's msgpack encoding: a map with "offset" and the
+// fields that are set.
 func (r *ReadRequest) AppendMsgpack(b []byte) []byte {
 	n := 1
 	for _, v := range []int64{int64(r.Max), int64(r.MaxBytes), r.WaitMs} {
@@ -314,6 +357,9 @@ func (r *ReadRequest) AppendMsgpack(b []byte) []byte {
 		}
 	}
 	if r.MinOffset != nil {
+		n++
+	}
+	if r.MinIndex != 0 {
 		n++
 	}
 	if r.Linearizable {
@@ -326,6 +372,9 @@ func (r *ReadRequest) AppendMsgpack(b []byte) []byte {
 	b = appendUint(appendString(b, "offset"), r.Offset)
 	if r.MinOffset != nil {
 		b = appendUint(appendString(b, "min_offset"), *r.MinOffset)
+	}
+	if r.MinIndex != 0 {
+		b = appendUint(appendString(b, "min_index"), r.MinIndex)
 	}
 	if r.Linearizable {
 		b = appendBool(appendString(b, "linearizable"), true)
@@ -377,6 +426,8 @@ func DecodeReadRequest(body []byte) (ReadRequest, error) {
 			var v uint64
 			v, err = r.uint64()
 			req.MinOffset = &v
+		case "min_index":
+			req.MinIndex, err = r.uint64()
 		case "linearizable":
 			req.Linearizable, err = r.bool()
 		case "start_time":
@@ -505,15 +556,20 @@ func RecordSize(rec *Record) int {
 }
 
 // ReadReplyOverhead bounds the size of a msgpack ReadReply other than its
-// records' (RecordSize each), for a log name of up to MaxLogNameLen: 191
+// records' (RecordSize each), for a log name of up to MaxLogNameLen: 206
 // bytes at most, rounded up.
 const ReadReplyOverhead = 256
 
 // AppendMsgpack appends r's msgpack encoding: map{"log": str, "records":
 // array of map{"offset": uint, "time": int, "headers"?: map<str,
-// array<str>>, "value": bin}, "next": uint, "lowest": uint, "end": uint}.
+// array<str>>, "value": bin}, "next": uint, "lowest": uint, "end": uint,
+// "index"?: uint}; "index" only if not 0.
 func (r *ReadReply) AppendMsgpack(b []byte) []byte {
-	b = appendMapLen(b, 5)
+	if r.Index != 0 {
+		b = appendMapLen(b, 6)
+	} else {
+		b = appendMapLen(b, 5)
+	}
 	b = appendString(appendString(b, "log"), r.Log)
 	b = appendArrayLen(appendString(b, "records"), len(r.Records))
 	for i := range r.Records {
@@ -533,6 +589,9 @@ func (r *ReadReply) AppendMsgpack(b []byte) []byte {
 	b = appendUint(appendString(b, "next"), r.Next)
 	b = appendUint(appendString(b, "lowest"), r.Lowest)
 	b = appendUint(appendString(b, "end"), r.End)
+	if r.Index != 0 {
+		b = appendUint(appendString(b, "index"), r.Index)
+	}
 	return b
 }
 
@@ -558,6 +617,8 @@ func DecodeReadReply(body []byte) (ReadReply, error) {
 			rep.Lowest, err = r.uint64()
 		case "end":
 			rep.End, err = r.uint64()
+		case "index":
+			rep.Index, err = r.uint64()
 		case "records":
 			var m int
 			if m, err = r.arrayLen(); err != nil {

@@ -274,6 +274,9 @@ func TestReadRequestCodecs(t *testing.T) {
 		{Offset: 7, MinOffset: &zero},
 		{Offset: 7, MinOffset: &big, Linearizable: true, WaitMs: 10},
 		{Linearizable: true},
+		{Offset: 7, MinIndex: 1},
+		{Offset: 7, MinIndex: math.MaxUint64, MinOffset: &zero, Max: 1},
+		{MinIndex: 300, StartTime: &t0, Linearizable: true},
 	} {
 		lib, err := msgpack.Marshal(&req)
 		if err != nil {
@@ -325,6 +328,13 @@ func TestParseReadBody(t *testing.T) {
 		{"msgpack negative", "\x81\xa3max\xff", ContentTypeMsgpack, ReadRequest{}, false, true},
 		{"msgpack nil optional", "\x82\xa6offset\x05\xa3max\xc0", ContentTypeMsgpack, ReadRequest{Offset: 5}, false, false},
 		{"msgpack nil offset", "\x81\xa6offset\xc0", ContentTypeMsgpack, ReadRequest{}, false, true},
+		{"json min_index", `{"offset":3,"min_index":1234}`, "", ReadRequest{Offset: 3, MinIndex: 1234}, false, false},
+		{"json negative min_index", `{"offset":3,"min_index":-1}`, "", ReadRequest{}, false, true},
+		{"json string min_index", `{"offset":3,"min_index":"7"}`, "", ReadRequest{}, false, true},
+		{"msgpack min_index", "\x82\xa6offset\x05\xa9min_index\xcd\x01\x2c", ContentTypeMsgpack, ReadRequest{Offset: 5, MinIndex: 300}, false, false},
+		{"msgpack nil min_index", "\x82\xa6offset\x05\xa9min_index\xc0", ContentTypeMsgpack, ReadRequest{Offset: 5}, false, false},
+		{"msgpack negative min_index", "\x82\xa6offset\x05\xa9min_index\xff", ContentTypeMsgpack, ReadRequest{}, false, true},
+		{"msgpack string min_index", "\x82\xa6offset\x05\xa9min_index\xa17", ContentTypeMsgpack, ReadRequest{}, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -350,7 +360,7 @@ func TestReadReplyCodecMatchesLibrary(t *testing.T) {
 			{Offset: 1, Time: -5, Headers: Headers{"b": {"2"}, "a": {"1", "x"}}, Value: nil},
 			{Offset: math.MaxUint64, Time: math.MinInt64, Value: bytes.Repeat([]byte("z"), 70000)},
 		},
-		Next: 3, Lowest: 0, End: 3,
+		Next: 3, Lowest: 0, End: 3, Index: math.MaxUint64,
 	}
 	ours := rep.AppendMsgpack(nil)
 	size := ReadReplyOverhead
@@ -388,7 +398,7 @@ func lenDelta(a, b int) int { return lenSize(b) - lenSize(a) }
 
 func assertReplyEqual(t *testing.T, got, want ReadReply) {
 	t.Helper()
-	if got.Log != want.Log || got.Next != want.Next || got.Lowest != want.Lowest || got.End != want.End || len(got.Records) != len(want.Records) {
+	if got.Log != want.Log || got.Next != want.Next || got.Lowest != want.Lowest || got.End != want.End || got.Index != want.Index || len(got.Records) != len(want.Records) {
 		t.Fatalf("reply %+v, want %+v", got, want)
 	}
 	for i := range want.Records {
@@ -428,10 +438,50 @@ func TestAppendReplyJSON(t *testing.T) {
 	if got := string(r.AppendJSON(nil)); got != `{"log":"orders","offset":42}` {
 		t.Errorf("got %s", got)
 	}
-	b := AppendBatchReply{Log: "orders", First: 1, Last: 100, Count: 100, Duplicate: true}
-	var back AppendBatchReply
-	if err := json.Unmarshal(b.AppendJSON(nil), &back); err != nil || back != b {
-		t.Errorf("batch reply round trip: %+v, %v", back, err)
+	r = AppendReply{Log: "orders", Offset: 42, Duplicate: true, Index: 1234}
+	if got := string(r.AppendJSON(nil)); got != `{"log":"orders","offset":42,"duplicate":true,"index":1234}` {
+		t.Errorf("got %s", got)
+	}
+	for _, b := range []AppendBatchReply{
+		{Log: "orders", First: 1, Last: 100, Count: 100, Duplicate: true},
+		{Log: "orders", First: 1, Last: 100, Count: 100, Index: math.MaxUint64},
+	} {
+		var back AppendBatchReply
+		if err := json.Unmarshal(b.AppendJSON(nil), &back); err != nil || back != b {
+			t.Errorf("batch reply round trip: %+v, %v", back, err)
+		}
+		std, _ := json.Marshal(b)
+		if string(std) != string(b.AppendJSON(nil)) {
+			t.Errorf("AppendJSON %s, encoding/json %s", b.AppendJSON(nil), std)
+		}
+	}
+}
+
+// A reply without "index" (a standalone node, or a server from before it
+// was sent) decodes with Index 0, and a reader that does not know the
+// field skips it.
+func TestReadReplyIndexOptional(t *testing.T) {
+	rep := ReadReply{Log: "x", Records: []Record{}, Next: 4, End: 4}
+	without := rep.AppendMsgpack(nil)
+	rep.Index = 77
+	with := rep.AppendMsgpack(nil)
+	if len(with) <= len(without) {
+		t.Fatalf("index not encoded: %d bytes with it, %d without", len(with), len(without))
+	}
+	got, err := DecodeReadReply(without)
+	if err != nil || got.Index != 0 {
+		t.Fatalf("without index: %+v, %v", got, err)
+	}
+	got, err = DecodeReadReply(with)
+	if err != nil || got.Index != 77 {
+		t.Fatalf("with index: %+v, %v", got, err)
+	}
+	var old struct {
+		Log  string `msgpack:"log"`
+		Next uint64 `msgpack:"next"`
+	}
+	if err := msgpack.Unmarshal(with, &old); err != nil || old.Next != 4 {
+		t.Fatalf("a reader without the field: %+v, %v", old, err)
 	}
 }
 
