@@ -3,6 +3,7 @@ package logcore
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -300,9 +301,19 @@ func (l *Log) recoverActive(s *segment, store File, size int64, idxFile, timeFil
 		return fmt.Errorf("%w: segment %s holds %d records, more than MaxIndexBytes allows", ErrInvalidConfig, s.path(storeExt), len(res.positions))
 	}
 	if res.valid < size {
-		l.logger.Warn("logcore: cut torn tail", "segment", s.path(storeExt), "valid_bytes", res.valid, "cut_bytes", size-res.valid)
-		l.stats.tornTails.Add(1)
-		l.stats.tornBytes.Add(size - res.valid)
+		// Space written ahead as zeros holds no record: it is
+		// trimmed quietly (reserveLocked). Anything else is a torn write.
+		zero, err := allZero(store, res.valid, size)
+		if err != nil {
+			return fmt.Errorf("logcore: recover %s: %w", s.path(storeExt), err)
+		}
+		if zero {
+			l.logger.Debug("logcore: trimmed space written ahead", "segment", s.path(storeExt), "valid_bytes", res.valid, "trimmed_bytes", size-res.valid)
+		} else {
+			l.logger.Warn("logcore: cut torn tail", "segment", s.path(storeExt), "valid_bytes", res.valid, "cut_bytes", size-res.valid)
+			l.stats.tornTails.Add(1)
+			l.stats.tornBytes.Add(size - res.valid)
+		}
 		if err := store.Truncate(res.valid); err != nil {
 			return err
 		}
@@ -400,3 +411,25 @@ func (l *Log) Dir() string { return l.dir }
 
 // Config returns the log's configuration.
 func (l *Log) Config() Config { return l.cfg }
+
+// allZero reports whether bytes [from, to) of f are all zero.
+func allZero(f File, from, to int64) (bool, error) {
+	buf := make([]byte, min(to-from, scanChunk))
+	for pos := from; pos < to; {
+		want := min(int64(len(buf)), to-pos)
+		n, err := f.ReadAt(buf[:want], pos)
+		for _, b := range buf[:n] {
+			if b != 0 {
+				return false, nil
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return true, nil // the file ends sooner: nothing more
+			}
+			return false, err
+		}
+		pos += int64(n)
+	}
+	return true, nil
+}
