@@ -172,6 +172,8 @@ func TestServeFlags(t *testing.T) {
 		{"serve", "--leaf-remote", "::bad"},
 		{"serve", "--cluster", "c", "--read-replica", "--bootstrap-expect", "3"},
 		{"serve", "--cluster", "c", "--raft-snapshot-interval", "1ms"},
+		{"serve", "--bootstrap-expect", "3"}, // cluster flags without --cluster
+		{"serve", "--read-replica"},
 	} {
 		_, errOut, code := runCLI(t, "", "", bad...)
 		if code != 2 || !strings.Contains(errOut, "natlog serve:") {

@@ -105,6 +105,15 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.NATSListen = ""
 	}
+	if !cfg.Cluster.Enabled() {
+		// A cluster flag without --cluster would start a standalone
+		// node the operator did not ask for.
+		for _, name := range []string{"bootstrap-expect", "read-replica", "voters", "dead-node-timeout"} {
+			if flagSet(fs, name) {
+				return fmt.Errorf("%w: --%s needs --cluster NAME (without it the node is standalone)", errUsage, name)
+			}
+		}
+	}
 	logger, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
