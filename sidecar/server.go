@@ -113,6 +113,9 @@ func (s *Server) start() (err error) {
 	if s.nodeID, err = loadNodeID(cfg.DataDir, cfg.NodeID, true); err != nil {
 		return err
 	}
+	if err := checkDataDirMode(cfg.DataDir, cfg.Cluster.Enabled()); err != nil {
+		return err
+	}
 	s.logger = s.logger.With("node", s.nodeID)
 	s.nodeSubjects = s.subjects.Node(s.nodeID)
 
@@ -333,6 +336,25 @@ func (s *Server) Leave(ctx context.Context) error {
 // loadNodeID returns the node's id: the one stored in dir/node-id, which
 // id (if set) must match; else id, or with create a generated one, stored
 // there on first use. A node keeps its id for the life of its data dir.
+// checkDataDirMode refuses a data dir written in the other mode: a
+// standalone node keeps its logs in logs/, a cluster node its Raft state
+// in raft/ and its logs in fsm/. Started in the other mode, the node would
+// serve none of them, and a standalone node on the cluster's NATS would
+// take appends meant for the cluster.
+func checkDataDirMode(dir string, cluster bool) error {
+	has := func(name string) bool {
+		entries, err := os.ReadDir(filepath.Join(dir, name))
+		return err == nil && len(entries) > 0
+	}
+	switch {
+	case !cluster && has("raft"):
+		return fmt.Errorf("data dir %s holds a cluster node's Raft state (raft/): start it with --cluster NAME, or give a standalone node another --data-dir", dir)
+	case cluster && has("logs"):
+		return fmt.Errorf("data dir %s holds a standalone node's logs (logs/), which a cluster node would not serve: start it without --cluster, or give the cluster node another --data-dir", dir)
+	}
+	return nil
+}
+
 func loadNodeID(dir, id string, create bool) (string, error) {
 	path := filepath.Join(dir, "node-id")
 	stored := ""
