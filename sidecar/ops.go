@@ -259,8 +259,10 @@ func (s *Server) readBatch(ctx context.Context, name string, req protocol.ReadRe
 		if werr == nil {
 			recs, buf, err = log.ReadBatchInto((*scratch)[:0], req.Offset, max, maxBytes)
 			*scratch = buf
-		} else if ctx.Err() == nil && wctx.Err() == nil {
-			err = werr // the log closed: deleted, or the node is stopping
+		} else if errors.Is(werr, logcore.ErrClosed) {
+			// The log closed: deleted, or the node is stopping. (Not a
+			// check of wctx.Err(): cancel above has set it already.)
+			err = werr
 		}
 	}
 	if err != nil {
