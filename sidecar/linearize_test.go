@@ -26,20 +26,11 @@ func TestClusterLinearizableReadsWriteNothing(t *testing.T) {
 	nc := tc.client()
 	read := func(id string, off uint64) (protocol.ReadReply, *protocol.Error) {
 		t.Helper()
-		body, _ := json.Marshal(map[string]any{"offset": off, "max": 1, "linearizable": true})
-		m, err := nc.RequestMsg(&nats.Msg{Subject: "natlog.node." + id + ".read.lin", Data: body,
-			Header: nats.Header{protocol.HeaderAccept: {protocol.ContentTypeJSON}}}, 10*time.Second)
+		rep, e, err := linRead(t, nc, id, "lin", off)
 		if err != nil {
 			t.Fatalf("linearizable read on %s: %v", id, err)
 		}
-		if e := protocol.ReplyError(m.Header, m.Data); e != nil {
-			return protocol.ReadReply{}, e
-		}
-		var rep protocol.ReadReply
-		if err := json.Unmarshal(m.Data, &rep); err != nil {
-			t.Fatalf("read reply from %s: %v", id, err)
-		}
-		return rep, nil
+		return rep, e
 	}
 	appendOne := func(v string) uint64 {
 		t.Helper()
